@@ -146,52 +146,123 @@ PWS_FORCEINLINE int64_t uniform_codes_inside(const CT* __restrict x, int64_t n,
 #endif
 }
 
-template <class CT, bool kMoments, HistKind kHist>
-PWS_FORCEINLINE void process_group(const CT* __restrict x, int64_t n, MomentState& st, Sink& sink,
-                                   const UniformLayout& ul, int mbits) {
+// Sums of one group of values in a single pass: finite count, zeros, extremes and, with kMoments,
+// the power sums of d = x - shift and the norms' sums. Non-finite values are excluded (masked).
+struct GroupSums {
+  int64_t nf = 0, nz = 0;
+  double mn = INFINITY, mx = -INFINITY;
+  double s1 = 0, s2 = 0, s3 = 0, s4 = 0, sab = 0, ssq = 0;
+};
+
+template <class CT, bool kMoments>
+PWS_FORCEINLINE GroupSums scan_group(const CT* __restrict x, int64_t n, CT shift, CT scale) {
   using V = typename Vec<CT>::V;
   using M = typename Vec<CT>::M;
   constexpr int L = static_cast<int>(sizeof(V) / sizeof(CT));
-  const CT vmax = max_finite<CT>();
+  const CT vmax = std::numeric_limits<CT>::max();
   const CT inf = std::numeric_limits<CT>::infinity();
   const V vmaxv = vsplat<V>(vmax), zero = vsplat<V>(CT(0)), infv = vsplat<V>(inf);
+  const V shiftv = vsplat<V>(shift), scalev = vsplat<V>(scale);
   const M absmask = reinterpret_cast<M>(vsplat<V>(-CT(0)));
-  // ---- pass 1: finite count, zeros, extremes, plain sum (for the shift)
-  V s = zero, mn = infv, mx = -infv;
+  V mn = infv, mx = -infv;
   M c = {}, z = {};
+  double D1[L], D2[L], D3[L], D4[L], AB[L], SQ[L];
+  for (int j = 0; j < L; ++j) D1[j] = D2[j] = D3[j] = D4[j] = AB[j] = SQ[j] = 0.0;
+  constexpr int64_t kStep = int64_t(L) * kFlush;
   int64_t i = 0;
-  for (; i + L <= n; i += L) {
-    const V v = vload<V>(x + i);
-    const V a = reinterpret_cast<V>(reinterpret_cast<M>(v) & ~absmask);
-    const M f = a <= vmaxv;
-    s += vselect(f, v, zero);
-    c -= f;
-    z -= (v == zero);
-    const V lo = vselect(f, v, infv), hi = vselect(f, v, -infv);
-    mn = vselect(lo < mn, lo, mn);
-    mx = vselect(hi > mx, hi, mx);
+  for (; i + kStep <= n; i += kStep) {
+    V a1 = zero, a2 = zero, a3 = zero, a4 = zero, ab = zero, sq = zero;
+    for (int r = 0; r < kFlush; ++r) {
+      const V v = vload<V>(x + i + r * L);
+      const V a = reinterpret_cast<V>(reinterpret_cast<M>(v) & ~absmask);
+      const M f = a <= vmaxv;
+      c -= f;
+      z -= (v == zero);
+      const V lo = vselect(f, v, infv), hi = vselect(f, v, -infv);
+      mn = vselect(lo < mn, lo, mn);
+      mx = vselect(hi > mx, hi, mx);
+      if constexpr (kMoments) {
+        const V d = vselect(f, (v - shiftv) * scalev, zero);
+        const V d2 = d * d;
+        const V vz = vselect(f, v, zero);
+        a1 += d;
+        a2 += d2;
+        a3 += d2 * d;
+        a4 += d2 * d2;
+        ab += vselect(f, a, zero);
+        sq += vz * vz;
+      }
+    }
+    if constexpr (kMoments) {
+      for (int j = 0; j < L; ++j) {
+        D1[j] += a1[j];
+        D2[j] += a2[j];
+        D3[j] += a3[j];
+        D4[j] += a4[j];
+        AB[j] += ab[j];
+        SQ[j] += sq[j];
+      }
+    }
   }
-  int64_t nf = 0, nz = 0;
-  double sum = 0.0;
+  GroupSums g;
   CT gmin = inf, gmax = -inf;
   for (int j = 0; j < L; ++j) {
-    nf += c[j];
-    nz += z[j];
-    sum += static_cast<double>(s[j]);
+    g.nf += c[j];
+    g.nz += z[j];
     gmin = mn[j] < gmin ? mn[j] : gmin;
     gmax = mx[j] > gmax ? mx[j] : gmax;
+    g.s1 += D1[j];
+    g.s2 += D2[j];
+    g.s3 += D3[j];
+    g.s4 += D4[j];
+    g.sab += AB[j];
+    g.ssq += SQ[j];
   }
-  for (; i < n; ++i) {
+  for (; i < n; ++i) {  // tail, in float64
     const CT v = x[i];
-    nz += (v == CT(0));
+    g.nz += (v == CT(0));
     if (!(std::fabs(v) <= vmax)) continue;
-    ++nf;
-    sum += static_cast<double>(v);
+    ++g.nf;
     gmin = v < gmin ? v : gmin;
     gmax = v > gmax ? v : gmax;
+    if constexpr (kMoments) {
+      const double d = static_cast<double>((v - shift) * scale);
+      const double vd = static_cast<double>(v);
+      g.s1 += d;
+      g.s2 += d * d;
+      g.s3 += d * d * d;
+      g.s4 += d * d * d * d;
+      g.sab += std::fabs(vd);
+      g.ssq += vd * vd;
+    }
   }
+  g.mn = static_cast<double>(gmin);
+  g.mx = static_cast<double>(gmax);
+  return g;
+}
+
+// Power of two 2^-e with 2^(e-1) <= amp < 2^e (1 for amp = 0 or not finite): scaling by it is
+// exact and brings the largest |d| near 1, far from float over- and underflow in d^4.
+template <class CT>
+CT pow2_scale(double amp) {
+  if (!(amp > 0.0) || !std::isfinite(amp)) return CT(1);
+  int e = 0;
+  std::frexp(amp, &e);
+  return static_cast<CT>(std::ldexp(1.0, -e));
+}
+
+// One group: a single pass with the carried shift and scale (from the previous group). If the
+// shift was more than one standard deviation from this group's mean (cancellation could cost
+// accuracy) or the scale is far from the group's spread (d^4 could over- or underflow), a second
+// pass over the L1-resident group re-centres on the group's mean and re-scales.
+template <class CT, bool kMoments, HistKind kHist>
+PWS_FORCEINLINE void process_group(const CT* __restrict x, int64_t n, MomentState& st, Sink& sink,
+                                   const UniformLayout& ul, int mbits, CT& shift, CT& scale) {
+  const CT vmax = std::numeric_limits<CT>::max();
+  GroupSums gs = scan_group<CT, kMoments>(x, n, shift, scale);
+  const int64_t nf = gs.nf;
   MomentState g = moment_identity();
-  g.zero = nz;
+  g.zero = gs.nz;
   if (nf < n) {  // rare: classify the non-finite values
     for (int64_t k = 0; k < n; ++k) {
       const CT v = x[k];
@@ -204,68 +275,33 @@ PWS_FORCEINLINE void process_group(const CT* __restrict x, int64_t n, MomentStat
   }
   if (nf > 0) {
     g.n = nf;
-    g.min = static_cast<double>(gmin);
-    g.max = static_cast<double>(gmax);
-  }
-  // ---- pass 2: shifted power sums and norms
-  if constexpr (kMoments) {
-    if (nf > 0) {
-      const CT shift = static_cast<CT>(sum / static_cast<double>(nf));
-      const V shiftv = vsplat<V>(shift);
-      double D1[L], D2[L], D3[L], D4[L], AB[L], SQ[L];
-      for (int j = 0; j < L; ++j) D1[j] = D2[j] = D3[j] = D4[j] = AB[j] = SQ[j] = 0.0;
-      constexpr int64_t kStep = int64_t(L) * kFlush;
-      i = 0;
-      for (; i + kStep <= n; i += kStep) {
-        V a1 = zero, a2 = zero, a3 = zero, a4 = zero, ab = zero, sq = zero;
-        for (int r = 0; r < kFlush; ++r) {
-          const V v = vload<V>(x + i + r * L);
-          const V a = reinterpret_cast<V>(reinterpret_cast<M>(v) & ~absmask);
-          const M f = a <= vmaxv;
-          const V d = vselect(f, v - shiftv, zero);
-          const V d2 = d * d;
-          a1 += d;
-          a2 += d2;
-          a3 += d2 * d;
-          a4 += d2 * d2;
-          ab += vselect(f, a, zero);
-          sq += vselect(f, v * v, zero);
-        }
-        for (int j = 0; j < L; ++j) {
-          D1[j] += a1[j];
-          D2[j] += a2[j];
-          D3[j] += a3[j];
-          D4[j] += a4[j];
-          AB[j] += ab[j];
-          SQ[j] += sq[j];
-        }
+    g.min = gs.mn;
+    g.max = gs.mx;
+    if constexpr (kMoments) {
+      const double dn = static_cast<double>(nf);
+      const double sh = static_cast<double>(shift);
+      const double amp = std::max(gs.mx - sh, sh - gs.mn) * static_cast<double>(scale);
+      const double d = gs.s1 / dn;
+      const bool cancels = !(gs.s1 * d <= gs.s2 - gs.s1 * d);  // n d^2 > M2, or not finite
+      const bool badscale = amp > 0x1p16 || (amp > 0.0 && amp < 0x1p-16);
+      if (cancels || badscale) {
+        shift = static_cast<CT>(sh + d / static_cast<double>(scale));
+        const double sh2 = static_cast<double>(shift);
+        scale = pow2_scale<CT>(std::max(gs.mx - sh2, sh2 - gs.mn));
+        gs = scan_group<CT, true>(x, n, shift, scale);
       }
-      for (; i < n; ++i) {
-        const double v = static_cast<double>(x[i]);
-        if (!(std::fabs(v) <= static_cast<double>(vmax))) continue;
-        const double d = static_cast<double>(x[i] - shift);
-        D1[0] += d;
-        D2[0] += d * d;
-        D3[0] += d * d * d;
-        D4[0] += d * d * d * d;
-        AB[0] += std::fabs(v);
-        SQ[0] += v * v;
-      }
-      double s1 = 0, s2 = 0, s3 = 0, s4 = 0, sab = 0, ssq = 0;
-      for (int j = 0; j < L; ++j) {
-        s1 += D1[j];
-        s2 += D2[j];
-        s3 += D3[j];
-        s4 += D4[j];
-        sab += AB[j];
-        ssq += SQ[j];
-      }
-      moments_from_shifted_sums(static_cast<double>(nf), static_cast<double>(shift), s1, s2, s3,
-                                s4, &g.mean, &g.m2, &g.m3, &g.m4);
-      g.sum_abs = sab;
-      g.sum_sq = ssq;
+      const double is = 1.0 / static_cast<double>(scale);  // exact: a power of two
+      const double is2 = is * is;
+      moments_from_shifted_sums(dn, static_cast<double>(shift), gs.s1 * is, gs.s2 * is2,
+                                gs.s3 * is2 * is, gs.s4 * is2 * is2, &g.mean, &g.m2, &g.m3,
+                                &g.m4);
+      g.sum_abs = gs.sab;
+      g.sum_sq = gs.ssq;
+      shift = static_cast<CT>(g.mean);
+      scale = pow2_scale<CT>(std::max(gs.mx - g.mean, g.mean - gs.mn));
     }
   }
+  const CT gmin = static_cast<CT>(gs.mn), gmax = static_cast<CT>(gs.mx);
   moment_merge(st, g);
   // ---- pass 3: histogram. Bin codes are computed branch-free into a buffer (vectorised, with
   // gathers for the edge checks), then counted; special values get codes past the bins.
@@ -350,6 +386,7 @@ MomentState process_chunk(const FlatView& f, int64_t start, int64_t count, Sink&
   using CT = typename Load<T>::CT;
   thread_local std::vector<CT> buf;
   MomentState st = moment_identity();
+  CT shift = CT(0), scale = CT(1);  // carried from group to group (the first usually re-centres)
   const bool direct = std::is_same<T, CT>::value && f.contiguous();
   if (!direct && buf.size() < static_cast<size_t>(kSub)) buf.resize(kSub);
   for (int64_t g = start; g < start + count; g += kSub) {
@@ -361,7 +398,7 @@ MomentState process_chunk(const FlatView& f, int64_t start, int64_t count, Sink&
       gather<T, CT>(f, g, len, buf.data(), [](const T* p) { return Load<T>::get(p); });
       x = buf.data();
     }
-    process_group<CT, kMoments, kHist>(x, len, st, sink, ul, mbits);
+    process_group<CT, kMoments, kHist>(x, len, st, sink, ul, mbits, shift, scale);
   }
   return st;
 }
