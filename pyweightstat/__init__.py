@@ -52,21 +52,50 @@ def get_num_threads() -> int:
     return int(_C.get_num_threads())
 
 
+_LAZY = {
+    "WeightTracker": "tracker",
+    "STAT_FIELDS": "tracker",
+    "TOTAL_NAME": "tracker",
+    "node_strength": "node_strength",
+    "summarize_node_strength": "node_strength",
+    "LayerStrength": "node_strength",
+}
+
+_SUBMODULES = ("data", "distributed", "models", "plots", "study", "train")
+
+
 def __getattr__(name: str) -> Any:
-    # Heavier parts import lazily so that `import pyweightstat` stays fast.
-    if name == "WeightTracker":
-        from .tracker import WeightTracker
+    # Parts that need torch import lazily so that `import pyweightstat` stays fast.
+    import importlib
 
-        return WeightTracker
-    if name == "node_strength":
-        from .node_strength import node_strength
-
-        return node_strength
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'pyweightstat' has no attribute {name!r}")
 
 
 __all__ = [
-    "FIELDS", "METRICS", "Histogram", "Summary", "WeightTracker", "__version__", "build_info",
-    "describe", "describe_many", "distance", "get_num_threads", "histogram", "log_histogram",
-    "node_strength", "pairwise_distances", "quantile", "set_num_threads",
+    "FIELDS",
+    "METRICS",
+    "STAT_FIELDS",
+    "TOTAL_NAME",
+    "Histogram",
+    "LayerStrength",
+    "Summary",
+    "WeightTracker",
+    "__version__",
+    "build_info",
+    "describe",
+    "describe_many",
+    "distance",
+    "get_num_threads",
+    "histogram",
+    "log_histogram",
+    "node_strength",
+    "pairwise_distances",
+    "quantile",
+    "set_num_threads",
+    "summarize_node_strength",
 ]

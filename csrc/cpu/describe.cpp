@@ -151,7 +151,7 @@ PWS_FORCEINLINE int64_t uniform_codes_inside(const CT* __restrict x, int64_t n,
 struct GroupSums {
   int64_t nf = 0, nz = 0;
   double mn = INFINITY, mx = -INFINITY;
-  double s1 = 0, s2 = 0, s3 = 0, s4 = 0, sab = 0, ssq = 0;
+  double s1 = 0, s2 = 0, s3 = 0, s4 = 0, sab = 0;
 };
 
 template <class CT, bool kMoments>
@@ -166,12 +166,12 @@ PWS_FORCEINLINE GroupSums scan_group(const CT* __restrict x, int64_t n, CT shift
   const M absmask = reinterpret_cast<M>(vsplat<V>(-CT(0)));
   V mn = infv, mx = -infv;
   M c = {}, z = {};
-  double D1[L], D2[L], D3[L], D4[L], AB[L], SQ[L];
-  for (int j = 0; j < L; ++j) D1[j] = D2[j] = D3[j] = D4[j] = AB[j] = SQ[j] = 0.0;
+  double D1[L], D2[L], D3[L], D4[L], AB[L];
+  for (int j = 0; j < L; ++j) D1[j] = D2[j] = D3[j] = D4[j] = AB[j] = 0.0;
   constexpr int64_t kStep = int64_t(L) * kFlush;
   int64_t i = 0;
   for (; i + kStep <= n; i += kStep) {
-    V a1 = zero, a2 = zero, a3 = zero, a4 = zero, ab = zero, sq = zero;
+    V a1 = zero, a2 = zero, a3 = zero, a4 = zero, ab = zero;
     for (int r = 0; r < kFlush; ++r) {
       const V v = vload<V>(x + i + r * L);
       const V a = reinterpret_cast<V>(reinterpret_cast<M>(v) & ~absmask);
@@ -184,13 +184,11 @@ PWS_FORCEINLINE GroupSums scan_group(const CT* __restrict x, int64_t n, CT shift
       if constexpr (kMoments) {
         const V d = vselect(f, (v - shiftv) * scalev, zero);
         const V d2 = d * d;
-        const V vz = vselect(f, v, zero);
         a1 += d;
         a2 += d2;
         a3 += d2 * d;
         a4 += d2 * d2;
         ab += vselect(f, a, zero);
-        sq += vz * vz;
       }
     }
     if constexpr (kMoments) {
@@ -200,7 +198,6 @@ PWS_FORCEINLINE GroupSums scan_group(const CT* __restrict x, int64_t n, CT shift
         D3[j] += a3[j];
         D4[j] += a4[j];
         AB[j] += ab[j];
-        SQ[j] += sq[j];
       }
     }
   }
@@ -216,7 +213,6 @@ PWS_FORCEINLINE GroupSums scan_group(const CT* __restrict x, int64_t n, CT shift
     g.s3 += D3[j];
     g.s4 += D4[j];
     g.sab += AB[j];
-    g.ssq += SQ[j];
   }
   for (; i < n; ++i) {  // tail, in float64
     const CT v = x[i];
@@ -233,7 +229,6 @@ PWS_FORCEINLINE GroupSums scan_group(const CT* __restrict x, int64_t n, CT shift
       g.s3 += d * d * d;
       g.s4 += d * d * d * d;
       g.sab += std::fabs(vd);
-      g.ssq += vd * vd;
     }
   }
   g.mn = static_cast<double>(gmin);
@@ -249,6 +244,51 @@ CT pow2_scale(double amp) {
   int e = 0;
   std::frexp(amp, &e);
   return static_cast<CT>(std::ldexp(1.0, -e));
+}
+
+// Above this magnitude a group is summed in float64 (exact_group_sums): float32 partial sums of
+// |x| or of (x - shift) could overflow.
+template <class CT>
+constexpr double kHugeMagnitude = std::is_same<CT, float>::value ? 0x1p120 : 0x1p1000;
+
+// Two-pass float64 sums of one group, centred on its mean and scaled by a power of two; sets
+// shift/scale to the ones used so that the caller's redo test passes.
+template <class CT>
+void exact_group_sums(const CT* x, int64_t n, GroupSums& gs, CT& shift, CT& scale) {
+  double mean = 0.0, cnt = 0.0;
+  const double vmax = static_cast<double>(std::numeric_limits<CT>::max());
+  for (int64_t k = 0; k < n; ++k) {
+    const double v = static_cast<double>(x[k]);
+    if (std::fabs(v) <= vmax) {
+      mean += (v - mean) / (cnt + 1.0);
+      cnt += 1.0;
+    }
+  }
+  const double amp = std::max(gs.mx - mean, mean - gs.mn);
+  const double sc = static_cast<double>(pow2_scale<CT>(amp));
+  gs.s1 = gs.s2 = gs.s3 = gs.s4 = gs.sab = 0.0;
+  for (int64_t k = 0; k < n; ++k) {
+    const double v = static_cast<double>(x[k]);
+    if (!(std::fabs(v) <= vmax)) continue;
+    const double d = (v - mean) * sc;
+    gs.s1 += d;
+    gs.s2 += d * d;
+    gs.s3 += d * d * d;
+    gs.s4 += d * d * d * d;
+    gs.sab += std::fabs(v);
+  }
+  // The caller rescales by 1/scale and re-centres on `shift`; mean is exact enough as a CT shift
+  // only approximately, so fold the rounding of the shift into s1.
+  shift = static_cast<CT>(mean);
+  scale = static_cast<CT>(sc);
+  const double dshift = (mean - static_cast<double>(shift)) * sc;
+  const double cn = cnt;
+  // re-express sums of d about `shift` instead of `mean`: d' = d + dshift
+  const double s1 = gs.s1, s2 = gs.s2, s3 = gs.s3, s4 = gs.s4, e = dshift;
+  gs.s1 = s1 + cn * e;
+  gs.s2 = s2 + 2 * e * s1 + cn * e * e;
+  gs.s3 = s3 + 3 * e * s2 + 3 * e * e * s1 + cn * e * e * e;
+  gs.s4 = s4 + 4 * e * s3 + 6 * e * e * s2 + 4 * e * e * e * s1 + cn * e * e * e * e;
 }
 
 // One group: a single pass with the carried shift and scale (from the previous group). If the
@@ -279,6 +319,10 @@ PWS_FORCEINLINE void process_group(const CT* __restrict x, int64_t n, MomentStat
     g.max = gs.mx;
     if constexpr (kMoments) {
       const double dn = static_cast<double>(nf);
+      if (std::max(std::fabs(gs.mn), std::fabs(gs.mx)) > kHugeMagnitude<CT>) {
+        // Values near the top of the format: sums of the compute type could overflow.
+        exact_group_sums(x, n, gs, shift, scale);
+      }
       const double sh = static_cast<double>(shift);
       const double amp = std::max(gs.mx - sh, sh - gs.mn) * static_cast<double>(scale);
       const double d = gs.s1 / dn;
@@ -296,7 +340,7 @@ PWS_FORCEINLINE void process_group(const CT* __restrict x, int64_t n, MomentStat
                                 gs.s3 * is2 * is, gs.s4 * is2 * is2, &g.mean, &g.m2, &g.m3,
                                 &g.m4);
       g.sum_abs = gs.sab;
-      g.sum_sq = gs.ssq;
+      g.sum_sq = g.m2 + dn * g.mean * g.mean;  // sum of x^2, free of float overflow
       shift = static_cast<CT>(g.mean);
       scale = pow2_scale<CT>(std::max(gs.mx - g.mean, g.mean - gs.mn));
     }

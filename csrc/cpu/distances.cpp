@@ -1,5 +1,5 @@
 // Distances between normalised histograms: Wasserstein-1 (bin centres as support), KS, JS
-// divergence (bits), Hellinger (sqrt(1 - Bhattacharyya coefficient)) and total variation.
+// divergence (bits), Hellinger (sqrt(1 - Bhattacharyya coefficient), computed without cancellation) and total variation.
 #include "distances.h"
 
 #include <algorithm>
@@ -27,17 +27,18 @@ Rows prepare(const int64_t* counts, int64_t k, int64_t b) {
   r.empty.assign(static_cast<size_t>(k), 0);
   for (int64_t i = 0; i < k; ++i) {
     const int64_t* c = counts + i * b;
-    double total = 0.0;
-    for (int64_t j = 0; j < b; ++j) total += static_cast<double>(c[j]);
-    r.empty[static_cast<size_t>(i)] = total <= 0.0;
-    double acc = 0.0;
+    int64_t total = 0;
+    for (int64_t j = 0; j < b; ++j) total += c[j];
+    r.empty[static_cast<size_t>(i)] = total <= 0;
+    const double inv = total > 0 ? 1.0 / static_cast<double>(total) : 0.0;
+    int64_t acc = 0;  // the CDF from integer partial sums: exactly 0 before and 1 after the data
     for (int64_t j = 0; j < b; ++j) {
-      const double p = total > 0.0 ? static_cast<double>(c[j]) / total : 0.0;
+      const double p = static_cast<double>(c[j]) * inv;
       const size_t o = static_cast<size_t>(i * b + j);
+      acc += c[j];
       r.p[o] = p;
       r.sq[o] = std::sqrt(p);
-      acc += p;
-      r.cdf[o] = acc;
+      r.cdf[o] = total > 0 ? static_cast<double>(acc) / static_cast<double>(total) : 0.0;
     }
   }
   return r;
@@ -76,8 +77,9 @@ double pair(const Rows& x, int64_t i, const Rows& y, int64_t j, const double* ce
     case Metric::Hellinger: {
       const double* sp = x.sq.data() + i * b;
       const double* sq = y.sq.data() + j * b;
-      for (int64_t t = 0; t < b; ++t) acc += sp[t] * sq[t];
-      return std::sqrt(std::max(0.0, 1.0 - acc));
+      // sqrt(1 - sum sqrt(p q)) written as sqrt(sum (sqrt p - sqrt q)^2 / 2): no cancellation
+      for (int64_t t = 0; t < b; ++t) acc += (sp[t] - sq[t]) * (sp[t] - sq[t]);
+      return std::sqrt(0.5 * acc);
     }
     case Metric::TV: {
       for (int64_t t = 0; t < b; ++t) acc += std::fabs(p[t] - q[t]);

@@ -6,6 +6,16 @@ from .histogram import Histogram
 from .summary import FIELDS, Summary
 
 __all__ = [
-    "FIELDS", "METRICS", "Histogram", "Summary", "describe", "describe_many", "distance",
-    "histogram", "log_histogram", "merge_all", "pairwise_distances", "quantile",
+    "FIELDS",
+    "METRICS",
+    "Histogram",
+    "Summary",
+    "describe",
+    "describe_many",
+    "distance",
+    "histogram",
+    "log_histogram",
+    "merge_all",
+    "pairwise_distances",
+    "quantile",
 ]

@@ -29,13 +29,19 @@ def _no_cuda_error(name: str) -> ValueError:
 
 
 def _split_devices(items: list[_input.Prepared]) -> str:
-    devices = {p.device for p in items}
-    if len(devices) > 1:
-        raise ValueError("all inputs must be on the same device (got CPU and CUDA inputs mixed)")
-    device = devices.pop() if devices else "cpu"
-    if device == "cuda" and not _core().build_info()["cuda"]:
-        raise _no_cuda_error(next(p.name for p in items if p.device == "cuda"))
-    return device
+    """The one device of all inputs ("cpu" or "cuda"); clear errors otherwise."""
+    cuda = [p for p in items if p.device == "cuda"]
+    if cuda and not _core().build_info()["cuda"]:
+        raise _no_cuda_error(cuda[0].name)
+    if cuda and len(cuda) != len(items):
+        cpu = next(p for p in items if p.device != "cuda")
+        raise ValueError(
+            f"{cuda[0].name} is on a CUDA device but {cpu.name} is on the CPU; "
+            "all inputs of one call must be on the same device"
+        )
+    if len({p.device_id for p in cuda}) > 1:
+        raise ValueError("all CUDA inputs of one call must be on the same GPU")
+    return "cuda" if cuda else "cpu"
 
 
 def _run(
@@ -52,12 +58,19 @@ def _run(
     if device == "cuda":
         from . import _cuda
 
-        return _cuda.run(items, moments=moments, hist_kind=hist_kind, bins=bins, edges=edges,
-                         mantissa_bits=mantissa_bits)
+        return _cuda.run(
+            items,
+            moments=moments,
+            hist_kind=hist_kind,
+            bins=bins,
+            edges=edges,
+            mantissa_bits=mantissa_bits,
+        )
     caps = [_input.capsule(p) for p in items]
     names = [p.name for p in items]
-    f, n, hists = _core().describe_cpu(caps, names, moments, hist_kind, bins, edges or [],
-                                       mantissa_bits)
+    f, n, hists = _core().describe_cpu(
+        caps, names, moments, hist_kind, bins, edges or [], mantissa_bits
+    )
     out = []
     for i, h in enumerate(hists):
         hist = None
@@ -66,18 +79,35 @@ def _run(
             if hist_kind == _HIST_UNIFORM:
                 hist = Histogram(counts, edges[i], under, over, nan)
             else:
-                hist = Histogram(counts, None, under, over, nan, kind="log", first=first,
-                                 mantissa_bits=mantissa_bits)
+                hist = Histogram(
+                    counts,
+                    None,
+                    under,
+                    over,
+                    nan,
+                    kind="log",
+                    first=first,
+                    mantissa_bits=mantissa_bits,
+                )
         out.append(Summary(f[i], n[i], hist))
     return out
 
 
-def _uniform_edges(items: list[_input.Prepared], bins: int, range_: tuple[float, float] | None,
-                   ) -> list[np.ndarray]:
-    """Edges per input: from ``range`` when given, else from each input's finite min/max."""
+def _uniform_edges(
+    items: list[_input.Prepared],
+    bins: int,
+    range_: tuple[float, float] | None,
+) -> list[np.ndarray | None]:
+    """Edges per input: from ``range`` when given, else from each input's finite min/max.
+
+    For CUDA inputs without ``range`` this returns ``None`` per input: the device finds each
+    input's min/max and computes np.linspace's exact edges itself, without a host synchronisation.
+    """
     if range_ is not None:
         e = _input.uniform_edges(bins, *range_)
         return [e] * len(items)
+    if items and all(p.device == "cuda" for p in items):
+        return [None] * len(items)
     scans = _run(items, moments=False, hist_kind=_HIST_NONE)
     out = []
     for s in scans:
@@ -266,5 +296,6 @@ def _histogram_same_layout(x: Any, like: Histogram) -> Histogram:
     if like.kind == "log":
         return log_histogram(x, mantissa_bits=like.mantissa_bits)
     items = [_input.prepare(x, "x")]
-    return _run(items, moments=False, hist_kind=_HIST_UNIFORM, bins=like.bins,
-                edges=[like.edges])[0].hist
+    return _run(items, moments=False, hist_kind=_HIST_UNIFORM, bins=like.bins, edges=[like.edges])[
+        0
+    ].hist

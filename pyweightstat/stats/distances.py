@@ -44,8 +44,9 @@ def common_counts(hists: Sequence[Histogram], name: str = "hists") -> tuple[np.n
     first = min(h.first for h in nonempty)
     n = max(h.first + h.counts.size for h in nonempty) - first
     counts = np.stack([h.aligned(first, n) for h in trimmed])
-    grid = Histogram(np.zeros(n, np.int64), None, kind="log", first=first,
-                     mantissa_bits=h0.mantissa_bits)
+    grid = Histogram(
+        np.zeros(n, np.int64), None, kind="log", first=first, mantissa_bits=h0.mantissa_bits
+    )
     return counts, grid.centres
 
 

@@ -37,8 +37,16 @@ class Histogram:
         Mantissa bits of the log layout (None for uniform histograms).
     """
 
-    __slots__ = ("_edges", "counts", "first", "kind", "mantissa_bits", "nan_count", "overflow",
-                 "underflow")
+    __slots__ = (
+        "_edges",
+        "counts",
+        "first",
+        "kind",
+        "mantissa_bits",
+        "nan_count",
+        "overflow",
+        "underflow",
+    )
 
     def __init__(
         self,
@@ -111,8 +119,8 @@ class Histogram:
                 f"bins={self.bins}, total={self.total}, nan_count={self.nan_count})"
             )
         return (
-            f"Histogram(kind='uniform', bins={self.bins}, range=({self.edges[0]!r}, "
-            f"{self.edges[-1]!r}), total={self.total}, underflow={self.underflow}, "
+            f"Histogram(kind='uniform', bins={self.bins}, range=({float(self.edges[0])!r}, "
+            f"{float(self.edges[-1])!r}), total={self.total}, underflow={self.underflow}, "
             f"overflow={self.overflow}, nan_count={self.nan_count})"
         )
 
@@ -164,13 +172,25 @@ class Histogram:
         nz = np.flatnonzero(self.counts)
         if nz.size == 0:
             return Histogram(
-                np.zeros(0, np.int64), None, self.underflow, self.overflow, self.nan_count,
-                kind="log", first=0, mantissa_bits=self.mantissa_bits,
+                np.zeros(0, np.int64),
+                None,
+                self.underflow,
+                self.overflow,
+                self.nan_count,
+                kind="log",
+                first=0,
+                mantissa_bits=self.mantissa_bits,
             )
         lo, hi = int(nz[0]), int(nz[-1])
         return Histogram(
-            self.counts[lo : hi + 1], None, self.underflow, self.overflow, self.nan_count,
-            kind="log", first=self.first + lo, mantissa_bits=self.mantissa_bits,
+            self.counts[lo : hi + 1],
+            None,
+            self.underflow,
+            self.overflow,
+            self.nan_count,
+            kind="log",
+            first=self.first + lo,
+            mantissa_bits=self.mantissa_bits,
         )
 
     def aligned(self, first: int, n: int) -> np.ndarray:
@@ -203,12 +223,28 @@ class Histogram:
         a, b = self._trimmed(), other._trimmed()
         if a.counts.size == 0 or b.counts.size == 0:
             src = b if a.counts.size == 0 else a
-            return Histogram(src.counts.copy(), None, under, over, nan, kind="log",
-                             first=src.first, mantissa_bits=self.mantissa_bits)
+            return Histogram(
+                src.counts.copy(),
+                None,
+                under,
+                over,
+                nan,
+                kind="log",
+                first=src.first,
+                mantissa_bits=self.mantissa_bits,
+            )
         first = min(a.first, b.first)
         n = max(a.first + a.counts.size, b.first + b.counts.size) - first
-        return Histogram(a.aligned(first, n) + b.aligned(first, n), None, under, over, nan,
-                         kind="log", first=first, mantissa_bits=self.mantissa_bits)
+        return Histogram(
+            a.aligned(first, n) + b.aligned(first, n),
+            None,
+            under,
+            over,
+            nan,
+            kind="log",
+            first=first,
+            mantissa_bits=self.mantissa_bits,
+        )
 
     def __add__(self, other: Histogram) -> Histogram:
         return self.merge(other)
@@ -305,6 +341,14 @@ class Histogram:
         """Rebuild a histogram from :meth:`to_dict` output."""
         kind = d.get("kind", "uniform")
         if kind == "log":
-            return cls(d["counts"], None, d["underflow"], d["overflow"], d["nan_count"],
-                       kind="log", first=d["first"], mantissa_bits=d["mantissa_bits"])
+            return cls(
+                d["counts"],
+                None,
+                d["underflow"],
+                d["overflow"],
+                d["nan_count"],
+                kind="log",
+                first=d["first"],
+                mantissa_bits=d["mantissa_bits"],
+            )
         return cls(d["counts"], d["edges"], d["underflow"], d["overflow"], d["nan_count"])

@@ -12,8 +12,21 @@ from .histogram import Histogram
 
 #: Statistics a Summary exposes, in a fixed order (used by to_dict and columnar stores).
 FIELDS = (
-    "count", "mean", "var", "std", "skew", "kurtosis", "min", "max", "l1", "l2", "linf",
-    "nan_count", "posinf_count", "neginf_count", "zero_count",
+    "count",
+    "mean",
+    "var",
+    "std",
+    "skew",
+    "kurtosis",
+    "min",
+    "max",
+    "l1",
+    "l2",
+    "linf",
+    "nan_count",
+    "posinf_count",
+    "neginf_count",
+    "zero_count",
 )
 _F_NAMES = ("mean", "m2", "m3", "m4", "min", "max", "sum_abs", "sum_sq")
 _N_NAMES = ("count", "nan_count", "posinf_count", "neginf_count", "zero_count")
@@ -198,8 +211,8 @@ class Summary:
         f, n = self._state()
         d: dict[str, Any] = {k: getattr(self, k) for k in FIELDS}
         d["state"] = {
-            **{k: float(v) for k, v in zip(_F_NAMES, f)},
-            **{k: int(v) for k, v in zip(_N_NAMES, n)},
+            **{k: float(v) for k, v in zip(_F_NAMES, f, strict=True)},
+            **{k: int(v) for k, v in zip(_N_NAMES, n, strict=True)},
         }
         if self._hist is not None:
             d["hist"] = self._hist.to_dict()
@@ -218,6 +231,6 @@ class Summary:
         return (
             f"Summary(count={self.count}, mean={self.mean:.6g}, std={self.std:.6g}, "
             f"skew={self.skew:.4g}, kurtosis={self.kurtosis:.4g}, min={self.min:.6g}, "
-            f"max={self.max:.6g}, nan={self.nan_count}, inf={self.posinf_count + self.neginf_count},"
-            f" zero={self.zero_count})"
+            f"max={self.max:.6g}, nan={self.nan_count}, "
+            f"inf={self.posinf_count + self.neginf_count}, zero={self.zero_count})"
         )

@@ -1,0 +1,846 @@
+#!/usr/bin/env python
+"""Throughput of the pyweightstat engine against pure-torch, NumPy and SciPy equivalents.
+
+Everything runs in one process on the same tensors, so the ratios are comparable:
+
+* the read floor ``torch.sum`` (and, on CUDA, a device-to-device copy: the bandwidth ceiling);
+* the pure-torch pieces (``var_mean``, ``aminmax``, skew/kurtosis by tensor ops, ``histc``,
+  norms, ``quantile``/``sort``) and their combination, the *pure-torch equivalent* of one
+  ``describe`` call (moments, norms, NaN/Inf/zero counts) and of ``describe(bins=256)``;
+* NumPy/SciPy where they apply (float32 only: NumPy has no bfloat16);
+* ``pyweightstat.describe`` (moments), ``describe(bins=256, range=...)`` (moments and histogram
+  in one pass), ``histogram``, ``log_histogram`` and ``quantile``;
+* K x K distances of K = 256 histograms of 256 bins against a SciPy (or NumPy) double loop;
+* ``describe_many`` over the parameter shapes of ViT-B/16 (its first 2 blocks with ``--quick``)
+  against a Python loop of torch reductions; on CUDA also the time of a ViT-B/16 training step
+  (bf16 autocast, batch 32), to express per-step tracking as a fraction of a step.
+
+Results are checked while timing (the script stops with an error if pyweightstat disagrees
+with the references). It prints a Markdown table and writes JSON (with machine metadata) and
+the Markdown to ``bench/results/bench_stats_<device>_<date>.{json,md}``.
+
+Usage::
+
+    python bench/bench_stats.py                      # CPU, 1e6, 1e7, 1e8 elements
+    python bench/bench_stats.py --quick              # CPU, up to 1e7, few repeats (< 1 min)
+    python bench/bench_stats.py --device cuda        # GPU, 1e8 and 1e9 elements
+
+Times are medians over ``--repeat`` runs after one warm-up run (``time.perf_counter``; on
+CUDA ``torch.cuda.Event`` pairs with a synchronisation). Slow operations are repeated fewer
+times so that each one stays within a time budget (1 s per operation with ``--quick``, 10 s
+otherwise); one whose warm-up run alone exceeds the budget is timed by that run. The number of
+runs is recorded with every result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import pyweightstat as pws
+
+HIST_BINS = 256
+HIST_RANGE = (-5.0, 5.0)
+QUANTILES = (0.01, 0.5, 0.99)
+TORCH_QUANTILE_LIMIT = 2**24
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+# Issue 2 accuracy bounds (float32 input vs a float64 reference of the same values).
+MEAN_TOL_STD, VAR_RTOL, SKEW_ATOL, KURT_ATOL, NORM_RTOL = 1e-6, 1e-5, 1e-4, 1e-3, 1e-6
+
+
+# ----------------------------------------------------------------------------------------------
+# timing
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Timing:
+    """Median time of an operation and how it was measured."""
+
+    seconds: float
+    runs: int
+
+
+class Timer:
+    """Median-of-repeats timer for CPU (perf_counter) or CUDA (events + synchronize)."""
+
+    def __init__(self, device: str, repeat: int, budget_s: float) -> None:
+        self.device = device
+        self.repeat = repeat
+        self.budget_s = budget_s
+
+    def _once(self, fn: Callable[[], Any]) -> tuple[float, Any]:
+        if self.device == "cuda":
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            out = fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3, out
+        t0 = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - t0, out
+
+    def __call__(self, fn: Callable[[], Any]) -> tuple[Timing, Any]:
+        first, out = self._once(fn)  # warm-up (allocations, thread pools, lazy init)
+        if first >= self.budget_s:  # too slow to repeat: the first run is the measurement
+            return Timing(first, 1), out
+        runs = max(1, min(self.repeat, int(self.budget_s / max(first, 1e-9))))
+        times = []
+        for _ in range(runs):
+            t, out = self._once(fn)
+            times.append(t)
+        return Timing(statistics.median(times), runs), out
+
+
+# ----------------------------------------------------------------------------------------------
+# pure-torch equivalents
+# ----------------------------------------------------------------------------------------------
+def _as_float(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+
+
+def torch_skew_kurt(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Biased skewness and excess kurtosis by tensor operations."""
+    x = _as_float(t)
+    var, mean = torch.var_mean(x, correction=0)
+    d = x - mean
+    d2 = d * d
+    return (d2 * d).mean() / var**1.5, (d2 * d2).mean() / (var * var) - 3.0
+
+
+def torch_norms(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L1, L2 and L-infinity norms."""
+    x = _as_float(t)
+    a = x.abs()
+    return a.sum(), torch.linalg.vector_norm(x), a.max()
+
+
+def torch_moments(t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Pure-torch equivalent of ``pyweightstat.describe`` (everything a Summary holds).
+
+    It does not exclude non-finite values from the moments (that would cost more passes); the
+    benchmark data is finite.
+    """
+    x = _as_float(t)
+    mn, mx = torch.aminmax(x)
+    var, mean = torch.var_mean(x, correction=0)
+    d = x - mean
+    d2 = d * d
+    m3, m4 = (d2 * d).mean(), (d2 * d2).mean()
+    a = x.abs()
+    return {
+        "min": mn,
+        "max": mx,
+        "mean": mean,
+        "var": var,
+        "skew": m3 / var**1.5,
+        "kurtosis": m4 / (var * var) - 3.0,
+        "l1": a.sum(),
+        "l2": torch.linalg.vector_norm(x),
+        "linf": a.max(),
+        "nan_count": torch.isnan(x).sum(),
+        "posinf_count": (x == math.inf).sum(),
+        "neginf_count": (x == -math.inf).sum(),
+        "zero_count": (x == 0).sum(),
+    }
+
+
+def torch_fused(t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Pure-torch equivalent of ``describe(bins=256, range=...)``: moments plus ``histc``."""
+    out = torch_moments(t)
+    out["hist"] = torch.histc(_as_float(t), HIST_BINS, *HIST_RANGE)
+    return out
+
+
+def sort_quantile(t: torch.Tensor, qs: tuple[float, ...]) -> torch.Tensor:
+    """Linear-interpolation quantiles from a full sort (works for any size)."""
+    s = torch.sort(t.reshape(-1)).values
+    n = s.numel()
+    out = []
+    for q in qs:
+        h = q * (n - 1)
+        k = math.floor(h)
+        k1 = min(k + 1, n - 1)
+        out.append(s[k].double() + (h - k) * (s[k1].double() - s[k].double()))
+    return torch.stack(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# checks (run on the results of the timed calls)
+# ----------------------------------------------------------------------------------------------
+class CheckError(AssertionError):
+    """pyweightstat disagreed with a reference while benchmarking."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise CheckError(msg)
+
+
+def reference_moments(t: torch.Tensor, chunk: int = 1 << 25) -> dict[str, float]:
+    """float64 two-pass reference (torch in float64, in chunks to bound memory; untimed)."""
+    x = t.reshape(-1)
+    n = x.numel()
+    parts = [x[i : i + chunk] for i in range(0, n, chunk)]  # views; float64 one chunk at a time
+
+    def total(fn: Callable[[torch.Tensor], torch.Tensor]) -> float:
+        return math.fsum(float(fn(p.double())) for p in parts)
+
+    mean = total(torch.sum) / n
+    mean += total(lambda p: (p - mean).sum()) / n  # correction pass
+    m2 = total(lambda p: ((p - mean) ** 2).sum()) / n
+    std = math.sqrt(m2)
+    return {
+        "count": n,
+        "mean": mean,
+        "var": m2,
+        "std": std,
+        "skew": total(lambda p: (((p - mean) / std) ** 3).sum()) / n,
+        "kurtosis": total(lambda p: (((p - mean) / std) ** 4).sum()) / n - 3.0,
+        "min": min(float(p.min()) for p in parts),  # exact in the input dtype
+        "max": max(float(p.max()) for p in parts),
+        "l1": total(lambda p: p.abs().sum()),
+        "l2": math.sqrt(total(lambda p: (p * p).sum())),
+        "linf": max(float(p.abs().max()) for p in parts),
+    }
+
+
+def check_summary(s: Any, ref: dict[str, float], what: str) -> None:
+    """Issue 2 accuracy bounds."""
+    _check(int(s.count) == ref["count"], f"{what}: count {s.count} != {ref['count']}")
+    _check(float(s.min) == ref["min"] and float(s.max) == ref["max"], f"{what}: min/max")
+    _check(
+        abs(float(s.mean) - ref["mean"]) <= MEAN_TOL_STD * ref["std"],
+        f"{what}: mean {s.mean} vs {ref['mean']}",
+    )
+    _check(abs(float(s.var) - ref["var"]) <= VAR_RTOL * ref["var"], f"{what}: var")
+    _check(abs(float(s.skew) - ref["skew"]) <= SKEW_ATOL, f"{what}: skew {s.skew}")
+    _check(abs(float(s.kurtosis) - ref["kurtosis"]) <= KURT_ATOL, f"{what}: kurtosis")
+    for k in ("l1", "l2", "linf"):
+        _check(abs(float(getattr(s, k)) - ref[k]) <= NORM_RTOL * ref[k], f"{what}: {k}")
+
+
+def check_torch_moments(m: dict[str, torch.Tensor], ref: dict[str, float], what: str) -> None:
+    """Loose check that the pure-torch pipeline computes the same things (float32 accuracy)."""
+    _check(abs(float(m["mean"]) - ref["mean"]) <= 1e-3 * ref["std"] + 1e-6, f"{what}: mean")
+    _check(abs(float(m["var"]) - ref["var"]) <= 1e-3 * ref["var"], f"{what}: var")
+
+
+def check_hist(h: Any, t: torch.Tensor, histc: torch.Tensor | None, what: str) -> None:
+    """Exact against np.histogram in float64 (up to 1e7 values), else close to torch.histc."""
+    counts = np.asarray(h.counts)
+    n = t.numel()
+    if n <= 10_000_000:
+        x64 = t.double().reshape(-1).cpu().numpy()
+        expected, _ = np.histogram(x64, HIST_BINS, HIST_RANGE)
+        _check(np.array_equal(counts, expected), f"{what}: counts differ from np.histogram")
+        inside = int(np.count_nonzero((x64 >= HIST_RANGE[0]) & (x64 <= HIST_RANGE[1])))
+        _check(int(counts.sum()) == inside, f"{what}: in-range count")
+    if histc is not None:
+        diff = np.abs(counts - histc.cpu().double().numpy()).sum()
+        _check(diff <= max(16, 1e-5 * n), f"{what}: counts differ from torch.histc by {diff}")
+
+
+def check_quantiles(got: Any, sorted_vals: torch.Tensor, what: str, m: int = 7) -> None:
+    """Within the log-histogram bound around the exact linear quantile."""
+    s = sorted_vals.reshape(-1)
+    n = s.numel()
+    got = np.atleast_1d(np.asarray(got, dtype=np.float64))
+    for q, g in zip(QUANTILES, got, strict=True):
+        h = q * (n - 1)
+        k = math.floor(h)
+        lo, hi = float(s[k]), float(s[min(k + 1, n - 1)])
+        exact = lo + (h - k) * (hi - lo)
+        bound = (2.0**-m + 2.0**-23) * max(abs(lo), abs(hi)) + (hi - lo) + 2.0**-125
+        _check(abs(g - exact) <= bound, f"{what}: q={q}: {g} vs {exact} (bound {bound})")
+
+
+# ----------------------------------------------------------------------------------------------
+# results
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One timed operation."""
+
+    section: str
+    dtype: str
+    n: int
+    op: str
+    impl: str
+    seconds: float
+    runs: int
+    bytes_read: int
+    baseline: str = ""  # name of the pure-torch equivalent this is compared with
+    speedup: float | None = None  # baseline time / this time
+    ratio_to_sum: float | None = None  # torch.sum time / this time (1.0 = read floor)
+    note: str = ""
+
+    @property
+    def gbps(self) -> float:
+        return self.bytes_read / self.seconds / 1e9 if self.seconds > 0 else float("nan")
+
+    @property
+    def elems_per_s(self) -> float:
+        return self.n / self.seconds if self.seconds > 0 else float("nan")
+
+
+def _fmt_n(n: int) -> str:
+    e = math.log10(n) if n > 0 else 0
+    return f"1e{int(e)}" if n > 0 and abs(e - round(e)) < 1e-9 else f"{n:,}"
+
+
+def markdown_table(rows: list[Row]) -> str:
+    """The throughput table (one line per timed operation)."""
+    head = (
+        "| dtype | n | operation | implementation | time (ms) | GB/s | Gelem/s | "
+        "vs torch.sum | speedup vs pure torch | note |\n"
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|\n"
+    )
+    lines = []
+    for r in rows:
+        ratio = f"{100 * r.ratio_to_sum:.0f} %" if r.ratio_to_sum is not None else ""
+        speed = f"{r.speedup:.1f}× ({r.baseline})" if r.speedup is not None else ""
+        lines.append(
+            f"| {r.dtype} | {_fmt_n(r.n)} | {r.op} | {r.impl} | {1e3 * r.seconds:.3f} | "
+            f"{r.gbps:.2f} | {r.elems_per_s / 1e9:.3f} | {ratio} | {speed} | {r.note} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def machine_metadata(device: str) -> dict[str, Any]:
+    """CPU model, cores, library versions, build info, date and GPU name."""
+    cpu_model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu_model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import scipy
+
+    meta: dict[str, Any] = {
+        "date_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cpu_model": cpu_model,
+        "logical_cores": os.cpu_count(),
+        "affinity_cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else None,
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "pyweightstat": getattr(pws, "__version__", "unknown"),
+        "build_info": pws.build_info(),
+        "pyweightstat_threads": pws.get_num_threads() if hasattr(pws, "get_num_threads") else None,
+        "device": device,
+    }
+    if device == "cuda":
+        p = torch.cuda.get_device_properties(0)
+        meta.update(
+            gpu=torch.cuda.get_device_name(0),
+            gpu_memory_gib=round(p.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+        )
+    return meta
+
+
+# ----------------------------------------------------------------------------------------------
+# the benchmark sections
+# ----------------------------------------------------------------------------------------------
+def make_tensor(n: int, dtype: torch.dtype, device: str, seed: int) -> torch.Tensor:
+    """N(0, 1) values (float32 generated, then rounded to ``dtype``)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    t = torch.randn(n, generator=g, device=device, dtype=torch.float32)
+    return t if dtype == torch.float32 else t.to(dtype)
+
+
+def bench_tensor(
+    t: torch.Tensor, dtype_name: str, timer: Timer, device: str, rows: list[Row], log: Callable
+) -> None:
+    """Every single-tensor operation on ``t``."""
+    n = t.numel()
+    nbytes = n * t.element_size()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    ref = reference_moments(t)
+    sec = "single tensor"
+
+    def add(op: str, impl: str, tm: Timing, **kw: Any) -> Row:
+        r = Row(sec, dtype_name, n, op, impl, tm.seconds, tm.runs, nbytes, **kw)
+        rows.append(r)
+        log(f"  {dtype_name:9s} {_fmt_n(n):>6s} {op:28s} {impl:14s} {1e3 * tm.seconds:10.3f} ms")
+        return r
+
+    # read floor and bandwidth ceiling
+    t_sum, _ = timer(lambda: torch.sum(t))
+    add("sum (read floor)", "torch", t_sum)
+    if device == "cuda":
+        dst = torch.empty_like(t)
+        t_copy, _ = timer(lambda: dst.copy_(t))
+        r = add("device copy (ceiling)", "torch", t_copy)
+        r.bytes_read = 2 * nbytes
+        r.note = "GB/s counts read + write"
+        del dst
+
+    # pure-torch pieces
+    tm, _ = timer(lambda: torch.var_mean(t, correction=0))
+    add("mean + var", "torch.var_mean", tm)
+    tm, _ = timer(lambda: torch.aminmax(t))
+    add("min + max", "torch.aminmax", tm)
+    tm, _ = timer(lambda: torch_skew_kurt(t))
+    add("skew + kurtosis", "torch ops", tm)
+    tm, _ = timer(lambda: torch_norms(t))
+    add("L1/L2/Linf norms", "torch ops", tm)
+    tm, histc = timer(lambda: torch.histc(_as_float(t), HIST_BINS, *HIST_RANGE))
+    t_histc = add("histogram 256 bins", "torch.histc", tm)
+    tm, tmom = timer(lambda: torch_moments(t))
+    check_torch_moments(tmom, ref, "torch_moments")
+    t_tmom = add("moments (Summary)", "pure torch", tm)
+    tm, _ = timer(lambda: torch_fused(t))
+    t_tfused = add("moments + hist 256", "pure torch", tm)
+    t_tquant = None
+    if n <= TORCH_QUANTILE_LIMIT:
+        tm, _ = timer(lambda: torch.quantile(_as_float(t), torch.tensor(QUANTILES, device=device)))
+        t_tquant = add("quantiles (3)", "torch.quantile", tm)
+    tm, _ = timer(lambda: torch.sort(t.reshape(-1)).values)
+    t_sort = add("quantiles (3)", "torch.sort", tm)
+    sorted_vals = torch.sort(t.reshape(-1)).values
+    tq = sort_quantile(t, QUANTILES)
+    sync()
+
+    # NumPy / SciPy (CPU float32 only)
+    if device == "cpu" and t.dtype == torch.float32:
+        import scipy.stats
+
+        a = t.numpy()
+        tm, _ = timer(lambda: np.sum(a))
+        add("sum", "numpy", tm)
+        tm, _ = timer(lambda: (np.mean(a), np.var(a)))
+        add("mean + var", "numpy", tm)
+        tm, _ = timer(lambda: (scipy.stats.skew(a), scipy.stats.kurtosis(a)))
+        add("skew + kurtosis", "scipy.stats", tm)
+        tm, _ = timer(lambda: np.histogram(a, HIST_BINS, HIST_RANGE))
+        add("histogram 256 bins", "numpy", tm)
+        tm, _ = timer(lambda: np.quantile(a, QUANTILES))
+        add("quantiles (3)", "numpy", tm)
+
+    # pyweightstat
+    tm, s = timer(lambda: pws.describe(t))
+    check_summary(s, ref, f"describe {dtype_name} {n}")
+    add(
+        "moments (Summary)",
+        "pyweightstat",
+        tm,
+        baseline="pure torch",
+        speedup=t_tmom.seconds / tm.seconds,
+    )
+    tm, s = timer(lambda: pws.describe(t, bins=HIST_BINS, range=HIST_RANGE))
+    check_summary(s, ref, f"describe(bins) {dtype_name} {n}")
+    check_hist(s.hist, t, histc, f"describe(bins) {dtype_name} {n}")
+    add(
+        "moments + hist 256",
+        "pyweightstat",
+        tm,
+        baseline="pure torch",
+        speedup=t_tfused.seconds / tm.seconds,
+        note="one pass",
+    )
+    tm, h = timer(lambda: pws.histogram(t, bins=HIST_BINS, range=HIST_RANGE))
+    check_hist(h, t, histc, f"histogram {dtype_name} {n}")
+    _check(np.array_equal(np.asarray(h.counts), np.asarray(s.hist.counts)), "hist != describe.hist")
+    add(
+        "histogram 256 bins",
+        "pyweightstat",
+        tm,
+        baseline="torch.histc",
+        speedup=t_histc.seconds / tm.seconds,
+    )
+    tm, _ = timer(lambda: pws.log_histogram(t, mantissa_bits=7))
+    add("log histogram (m=7)", "pyweightstat", tm)
+    tm, q = timer(lambda: pws.quantile(t, list(QUANTILES)))
+    check_quantiles(q, sorted_vals, f"quantile {dtype_name} {n}")
+    check_quantiles(tq.cpu().numpy(), sorted_vals, f"sort quantile {dtype_name} {n}", m=23)
+    base = t_tquant if t_tquant is not None else t_sort
+    add(
+        "quantiles (3)",
+        "pyweightstat",
+        tm,
+        baseline=base.impl,
+        speedup=base.seconds / tm.seconds,
+        note="log histogram, rel. error <= 2^-7",
+    )
+    for r in rows:
+        if r.n == n and r.dtype == dtype_name and r.section == sec and r.ratio_to_sum is None:
+            if not r.op.startswith("device copy"):
+                r.ratio_to_sum = t_sum.seconds / r.seconds
+
+
+def bench_distances(
+    timer: Timer, rows: list[Row], log: Callable, k: int, pairs_budget: int
+) -> None:
+    """K x K distance matrix of K histograms of 256 bins vs a SciPy/NumPy double loop."""
+    import scipy.spatial.distance as ssd
+    import scipy.stats
+
+    g = torch.Generator().manual_seed(1)
+    hists = []
+    for i in range(k):
+        x = torch.randn(20_000, generator=g) * (0.8 + 0.4 * i / k) + 0.3 * i / k
+        hists.append(pws.histogram(x, bins=HIST_BINS, range=HIST_RANGE))
+    counts = np.stack([np.asarray(h.counts, dtype=np.float64) for h in hists])
+    edges = np.asarray(hists[0].edges)
+    centres = 0.5 * (edges[:-1] + edges[1:])
+    probs = counts / counts.sum(axis=1, keepdims=True)
+    cdfs = np.cumsum(counts, axis=1) / counts.sum(axis=1, keepdims=True)
+
+    loops: dict[str, tuple[str, Callable[[int, int], float]]] = {
+        "wasserstein": (
+            "scipy.stats.wasserstein_distance",
+            lambda i, j: scipy.stats.wasserstein_distance(centres, centres, counts[i], counts[j]),
+        ),
+        "js": (
+            "scipy jensenshannon**2",
+            lambda i, j: ssd.jensenshannon(probs[i], probs[j], base=2) ** 2,
+        ),
+        "ks": ("numpy", lambda i, j: float(np.max(np.abs(cdfs[i] - cdfs[j])))),
+        "hellinger": (
+            "numpy",
+            lambda i, j: float(np.sqrt(max(0.0, 1.0 - np.sum(np.sqrt(probs[i] * probs[j]))))),
+        ),
+        "tv": ("numpy", lambda i, j: 0.5 * float(np.sum(np.abs(probs[i] - probs[j])))),
+    }
+    all_pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    step = max(1, len(all_pairs) // pairs_budget)
+    subset = all_pairs[::step]
+    n_cells = k * k * HIST_BINS
+    for metric, (impl, fn) in loops.items():
+        tm, d = timer(lambda metric=metric: pws.pairwise_distances(hists, metric))
+        t0 = time.perf_counter()
+        vals = [fn(i, j) for i, j in subset]
+        loop_s = (time.perf_counter() - t0) * len(all_pairs) / len(subset)
+        for (i, j), v in zip(subset, vals, strict=True):
+            _check(
+                abs(d[i, j] - v) <= 1e-9 * abs(v) + 1e-12,
+                f"pairwise {metric} ({i},{j}): {d[i, j]} vs {v}",
+            )
+        note = (
+            f"loop extrapolated from {len(subset)} of {len(all_pairs)} pairs"
+            if len(subset) < len(all_pairs)
+            else "full loop"
+        )
+        rows.append(
+            Row(
+                "distances",
+                "int64 counts",
+                n_cells,
+                f"{k}x{k} {metric}",
+                impl,
+                loop_s,
+                1,
+                0,
+                note=note,
+            )
+        )
+        rows.append(
+            Row(
+                "distances",
+                "int64 counts",
+                n_cells,
+                f"{k}x{k} {metric}",
+                "pyweightstat",
+                tm.seconds,
+                tm.runs,
+                0,
+                baseline=impl,
+                speedup=loop_s / tm.seconds,
+            )
+        )
+        log(f"  {metric:12s} pyweightstat {1e3 * tm.seconds:9.3f} ms   {impl} {loop_s:9.3f} s")
+
+
+def vit_b16_shapes(depth: int = 12) -> list[tuple[int, ...]]:
+    """Parameter shapes of ViT-B/16 (224 px, 1000 classes), in module order.
+
+    ``depth`` < 12 keeps only the first blocks (used by ``--quick``).
+    """
+    d, mlp = 768, 3072
+    shapes: list[tuple[int, ...]] = [(d, 3, 16, 16), (d,), (1, 1, d), (1, 197, d)]
+    for _ in range(depth):
+        shapes += [(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,)]  # LN1, qkv, proj
+        shapes += [(d,), (d,), (mlp, d), (mlp,), (d, mlp), (d,)]  # LN2, fc1, fc2
+    shapes += [(d,), (d,), (1000, d), (1000,)]  # final LN, head
+    return shapes
+
+
+class _ViT(torch.nn.Module):
+    """A ViT-B/16-sized model from torch.nn layers (pre-LN encoder, GELU MLP, CLS token)."""
+
+    def __init__(self, d: int = 768, depth: int = 12, heads: int = 12, classes: int = 1000) -> None:
+        super().__init__()
+        self.patch = torch.nn.Conv2d(3, d, 16, 16)
+        self.cls = torch.nn.Parameter(torch.zeros(1, 1, d))
+        self.pos = torch.nn.Parameter(torch.randn(1, 197, d) * 0.02)
+        layer = torch.nn.TransformerEncoderLayer(
+            d, heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
+        )
+        self.encoder = torch.nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.norm = torch.nn.LayerNorm(d)
+        self.head = torch.nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        return self.head(self.norm(self.encoder(x))[:, 0])
+
+
+def bench_many(
+    timer: Timer, rows: list[Row], log: Callable, device: str, train_step: bool, depth: int = 12
+) -> dict[str, Any]:
+    """describe_many over ViT-B/16 parameters vs a Python loop; training-step cost estimate."""
+    g = torch.Generator(device=device).manual_seed(2)
+    params = [torch.randn(s, generator=g, device=device) * 0.02 for s in vit_b16_shapes(depth)]
+    n = sum(p.numel() for p in params)
+    nbytes = 4 * n
+    info: dict[str, Any] = {"tensors": len(params), "parameters": n, "blocks": depth}
+    label = (
+        f"ViT-B/16 ({len(params)} tensors)" if depth == 12 else f"ViT-B/16, {depth} of 12 blocks"
+    )
+    sec = "many tensors"
+
+    tm_loop, _ = timer(lambda: [torch_moments(p) for p in params])
+    rows.append(
+        Row(
+            sec,
+            "float32",
+            n,
+            label,
+            "torch loop",
+            tm_loop.seconds,
+            tm_loop.runs,
+            nbytes,
+        )
+    )
+    tm, (summaries, total) = timer(lambda: pws.describe_many(params, total=True))
+    for p, s in zip(params[:3], summaries[:3], strict=False):
+        check_summary(s, reference_moments(p), "describe_many")
+    _check(int(total.count) == n, "describe_many total count")
+    rows.append(
+        Row(
+            sec,
+            "float32",
+            n,
+            label,
+            "describe_many",
+            tm.seconds,
+            tm.runs,
+            nbytes,
+            baseline="torch loop",
+            speedup=tm_loop.seconds / tm.seconds,
+        )
+    )
+    tm3, _ = timer(lambda: pws.describe_many(params, total=True, mantissa_bits=3))
+    rows.append(
+        Row(
+            sec,
+            "float32",
+            n,
+            label,
+            "describe_many m=3",
+            tm3.seconds,
+            tm3.runs,
+            nbytes,
+            baseline="torch loop",
+            speedup=tm_loop.seconds / tm3.seconds,
+            note="tracker setting: + log histograms",
+        )
+    )
+    log(
+        f"  describe_many {1e3 * tm.seconds:.3f} ms, with log hist {1e3 * tm3.seconds:.3f} ms, "
+        f"torch loop {1e3 * tm_loop.seconds:.3f} ms"
+    )
+    info.update(
+        describe_many_s=tm.seconds, describe_many_m3_s=tm3.seconds, torch_loop_s=tm_loop.seconds
+    )
+    params.clear()
+
+    if train_step:
+        torch.manual_seed(0)
+        model = _ViT().to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        x = torch.randn(32, 3, 224, 224, device=device)
+        y = torch.randint(0, 1000, (32,), device=device)
+
+        def step() -> None:
+            with torch.autocast(device_type=device, dtype=torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        step_timer = Timer(device, repeat=10, budget_s=60.0)
+        tm_step, _ = step_timer(step)
+        tm_track, _ = timer(
+            lambda: pws.describe_many(model.parameters(), total=True, mantissa_bits=3)
+        )
+        frac = tm_track.seconds / tm_step.seconds
+        info.update(
+            train_step_s=tm_step.seconds, tracking_s=tm_track.seconds, tracking_fraction=frac
+        )
+        log(
+            f"  ViT-B/16 step (bs 32, bf16 autocast) {1e3 * tm_step.seconds:.1f} ms; "
+            f"tracking {100 * frac:.2f} % of a step"
+        )
+        del model, opt
+    return info
+
+
+# ----------------------------------------------------------------------------------------------
+# main
+# ----------------------------------------------------------------------------------------------
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--sizes", default=None, help="comma-separated sizes, e.g. 1e6,1e7,1e8")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--repeat", type=int, default=None, help="timed runs per operation")
+    p.add_argument("--quick", action="store_true", help="sizes up to 1e7, few repeats")
+    p.add_argument("--k", type=int, default=256, help="number of histograms for K x K distances")
+    p.add_argument("--train-step", action="store_true", help="also time a ViT-B/16 step (CPU)")
+    p.add_argument("--threads", type=int, default=None, help="torch and pyweightstat threads")
+    p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--no-save", action="store_true", help="print only, write no files")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = args.device
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit("--device cuda: torch sees no GPU")
+        if not pws.build_info().get("cuda", False):
+            sys.exit("--device cuda: this pyweightstat build has no CUDA kernels")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        if hasattr(pws, "set_num_threads"):
+            pws.set_num_threads(args.threads)
+    if args.sizes:
+        sizes = [int(float(s)) for s in args.sizes.split(",")]
+    elif args.quick:
+        sizes = [10**6, 10**7] if device == "cpu" else [10**7, 10**8]
+    else:
+        sizes = [10**6, 10**7, 10**8] if device == "cpu" else [10**8, 10**9]
+    repeat = args.repeat or (3 if args.quick else (5 if device == "cpu" else 20))
+    budget = 1.0 if args.quick else 10.0
+    timer = Timer(device, repeat, budget)
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+    for d in dtypes:
+        if d not in DTYPES:
+            sys.exit(f"--dtypes: unknown dtype {d!r}; choose from {sorted(DTYPES)}")
+
+    def log(msg: str) -> None:
+        print(msg, flush=True)
+
+    meta = machine_metadata(device)
+    log(f"# pyweightstat benchmark on {device}: {meta.get('gpu', meta['cpu_model'])}")
+    log(f"  sizes {[_fmt_n(s) for s in sizes]}, dtypes {dtypes}, repeat {repeat}")
+    rows: list[Row] = []
+    skipped: list[str] = []
+    for size in sizes:
+        for name in dtypes:
+            dtype = DTYPES[name]
+            if device == "cuda":
+                free, _ = torch.cuda.mem_get_info()
+                need = size * 24  # data, pure-torch temporaries, sort values + indices
+                if need > free:
+                    skipped.append(f"{name} {_fmt_n(size)}: needs ~{need / 2**30:.1f} GiB")
+                    log(f"  skipped {skipped[-1]}")
+                    continue
+            t = make_tensor(size, dtype, device, seed=size % 1000)
+            bench_tensor(t, name, timer, device, rows, log)
+            del t
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    log("# K x K distances")
+    bench_distances(timer, rows, log, args.k, pairs_budget=300 if args.quick else 2000)
+    log("# describe_many over ViT-B/16 parameters")
+    many = bench_many(
+        timer,
+        rows,
+        log,
+        device,
+        train_step=(device == "cuda" or args.train_step),
+        depth=2 if args.quick else 12,
+    )
+
+    targets: dict[str, Any] = {}
+    largest = {r.dtype: r.n for r in rows if r.section == "single tensor"}
+    for r in rows:
+        if r.section != "single tensor" or r.impl != "pyweightstat" or r.n != largest.get(r.dtype):
+            continue
+        if r.op == "moments (Summary)":
+            targets[f"{r.dtype} {_fmt_n(r.n)} moments vs torch.sum (target >= 50 %)"] = (
+                r.ratio_to_sum
+            )
+        if r.op == "moments + hist 256":
+            targets[f"{r.dtype} {_fmt_n(r.n)} moments+hist speedup (target >= 10x)"] = r.speedup
+    table = markdown_table(rows)
+    header = (
+        f"Machine: {meta.get('gpu', meta['cpu_model'])}, {meta['logical_cores']} logical cores, "
+        f"torch {meta['torch']}, numpy {meta['numpy']}, pyweightstat {meta['pyweightstat']} "
+        f"({meta['build_info'].get('simd', '?')}), {meta['date_utc']}\n\n"
+    )
+    md = (
+        header
+        + table
+        + "\n"
+        + "\n".join(
+            f"- {k}: {v:.2f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in targets.items()
+        )
+    )
+    if "tracking_fraction" in many:
+        frac = many["tracking_fraction"]
+        md += f"\n- ViT-B/16 per-step tracking cost: {100 * frac:.2f} % of a step"
+    print()
+    print(md)
+    if not args.no_save:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        stem = f"bench_stats_{device}_{dt.date.today().isoformat()}"
+        payload = {
+            "metadata": meta,
+            "args": vars(args),
+            "sizes": sizes,
+            "repeat": repeat,
+            "skipped": skipped,
+            "rows": [asdict(r) | {"gbps": r.gbps, "elems_per_s": r.elems_per_s} for r in rows],
+            "describe_many": many,
+            "targets": targets,
+        }
+        (out / f"{stem}.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
+        (out / f"{stem}.md").write_text(md + "\n")
+        print(f"\nwrote {out / stem}.json and .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+#!/usr/bin/env bash
+# One prepared check of the CUDA engine on a GPU machine without network access.
+#
+#   OUT=/some/dir bash bench/gpu_check.sh        # run from the repository root
+#
+# Needs python3 with PyTorch (CUDA), CMake, ninja, pybind11, scikit-build-core, pytest, numpy,
+# scipy and hypothesis installed, and nvcc (CUDA 13). Steps (each logged to $OUT/<step>.log, each
+# under a timeout; a failing step is recorded and the script goes on):
+#   1. nvidia-smi                      -> $OUT/nvidia-smi.txt
+#   2. build + install for sm_90       -> $OUT/build.log   (pip --no-build-isolation, timed)
+#   3. pytest -m cuda tests/test_cuda.py, then a CPU sanity subset
+#   4. bench/bench_stats.py --device cuda -> $OUT/bench_results/ (JSON + Markdown)
+#   5. $OUT/gpu_check.json: step statuses and times, GPU, driver, torch and CUDA versions
+# Everything together is meant to take well under 8 minutes on an H100.
+set -u
+set -o pipefail
+
+OUT="${OUT:-$PWD/gpu_check_out}"
+mkdir -p "$OUT"
+REPO="$PWD"
+PY="${PYTHON:-python3}"
+STATUS_FILE="$OUT/.steps.tsv"
+: > "$STATUS_FILE"
+
+# run_step NAME TIMEOUT_S COMMAND...: log to $OUT/NAME.log, record "name rc seconds".
+run_step() {
+  local name="$1" limit="$2"
+  shift 2
+  echo "=== [$name] $*" | tee "$OUT/$name.log"
+  local t0 t1 rc
+  t0=$(date +%s%N)
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$OUT/$name.log"
+  rc=${PIPESTATUS[0]}
+  t1=$(date +%s%N)
+  printf '%s\t%s\t%d.%d\n' "$name" "$rc" $(((t1 - t0) / 1000000000)) \
+    $((((t1 - t0) / 100000000) % 10)) >> "$STATUS_FILE"
+  echo "=== [$name] exit $rc" | tee -a "$OUT/$name.log"
+  return 0
+}
+
+step_ok() { awk -v n="$1" '$1 == n && $2 == 0 {ok = 1} END {exit !ok}' "$STATUS_FILE"; }
+
+# 1. the GPU
+run_step nvidia-smi 30 nvidia-smi
+cp "$OUT/nvidia-smi.log" "$OUT/nvidia-smi.txt"
+
+# 2. build from a clean copy of the sources (no in-tree build files, no host-built _C module)
+SRC=/tmp/pws_gpu_check_src
+rm -rf "$SRC" && mkdir -p "$SRC"
+tar -C "$REPO" \
+  --exclude=./build --exclude=./CMakeCache.txt --exclude=./CMakeFiles --exclude=./build.ninja \
+  --exclude='./.ninja_*' --exclude=./cmake_install.cmake --exclude=./.cmake \
+  --exclude=./.skbuild-info.json --exclude=./CMakeInit.txt --exclude='*.so' --exclude=./.git \
+  --exclude=./bench/results -cf - . | tar -C "$SRC" -xf -
+build() {
+  cd "$SRC" &&
+    CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=90" PYWEIGHTSTAT_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-16}" \
+      "$PY" -m pip install --no-build-isolation --no-deps --no-index -v . &&
+    cd /tmp && "$PY" -c "import pyweightstat as p; print(p.__file__); print(p.build_info())"
+}
+run_step build 420 bash -c "$(declare -f build); SRC='$SRC' PY='$PY' build"
+
+# 3. tests (the installed package; -P keeps the source tree's pyweightstat/ off sys.path)
+if step_ok build; then
+  run_step test_cuda 240 "$PY" -P -m pytest -m cuda -q -p no:cacheprovider tests/test_cuda.py \
+    --durations=10 --junitxml="$OUT/test_cuda.xml"
+  cpu_tests=()
+  for f in tests/test_moments.py tests/test_histogram.py; do [ -f "$f" ] && cpu_tests+=("$f"); done
+  if [ ${#cpu_tests[@]} -gt 0 ]; then
+    run_step test_cpu 180 "$PY" -P -m pytest -q -x -p no:cacheprovider -m "not slow" \
+      "${cpu_tests[@]}"
+  fi
+  # 4. benchmark (writes JSON + Markdown)
+  if [ -f bench/bench_stats.py ]; then
+    mkdir -p "$OUT/bench_results"
+    run_step bench 300 "$PY" bench/bench_stats.py --device cuda --out "$OUT/bench_results"
+  fi
+else
+  echo "build failed: tests and benchmark skipped" | tee "$OUT/skipped.txt"
+fi
+
+# 5. summary
+"$PY" -P - "$OUT" "$STATUS_FILE" <<'PYEOF' | tee "$OUT/summary.txt"
+import json, platform, subprocess, sys, datetime
+out, status_file = sys.argv[1], sys.argv[2]
+steps = []
+for line in open(status_file):
+    name, rc, secs = line.rstrip("\n").split("\t")
+    steps.append({"step": name, "rc": int(rc), "ok": rc == "0", "seconds": float(secs)})
+info = {"date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(), "python": platform.python_version(), "steps": steps}
+try:
+    q = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                        "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+    info["nvidia_smi"] = q.stdout.strip()
+except Exception as exc:  # noqa: BLE001
+    info["nvidia_smi"] = f"unavailable: {exc}"
+try:
+    import torch
+    info["torch"] = torch.__version__
+    info["torch_cuda"] = torch.version.cuda
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name(0)
+except Exception as exc:  # noqa: BLE001
+    info["torch"] = f"unavailable: {exc}"
+try:
+    import pyweightstat
+    info["build_info"] = pyweightstat.build_info()
+except Exception as exc:  # noqa: BLE001
+    info["build_info"] = f"unavailable: {exc}"
+with open(f"{out}/gpu_check.json", "w") as f:
+    json.dump(info, f, indent=2, default=str)
+print(f"device: {info.get('device', '?')} | {info.get('nvidia_smi', '?')} | torch {info.get('torch')}")
+print(f"{'step':<12} {'status':<8} {'seconds':>8}")
+for s in steps:
+    print(f"{s['step']:<12} {'ok' if s['ok'] else 'FAIL ' + str(s['rc']):<8} {s['seconds']:>8.1f}")
+PYEOF

@@ -1,0 +1,380 @@
+// Bindings of the CUDA fused pass. Host C++ only: the kernels are reached through the launchers
+// declared in csrc/cuda/describe_cuda.h, so this file compiles without nvcc or CUDA headers.
+//
+// describe_cuda() enqueues the work on the caller's stream and returns a CudaResult that owns the
+// device result buffer; nothing is copied to the host until fetch() (one small copy, then the log
+// histogram windows, each followed by a synchronisation of that stream).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../cpu/strided.h"
+#include "../cuda/describe_cuda.h"
+#include "../cuda/distances_cuda.h"
+#include "dlpack_view.h"
+#include "pws/hist_layout.h"
+#include "pws/moment_state.h"
+#include "register.h"
+
+namespace py = pybind11;
+
+namespace pws::bind {
+namespace {
+
+namespace cu = pws::cuda;
+
+void* to_ptr(uintptr_t v) { return reinterpret_cast<void*>(v); }
+
+// Device memory from a Python allocator (e.g. a torch.uint8 tensor from the caching allocator,
+// which follows CUDA graph capture and stream-ordered reuse) or from cudaMallocAsync.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { release(); }
+
+  void allocate(size_t bytes, const py::object& allocator, int device, void* stream) {
+    if (!allocator.is_none()) {
+      keep_ = allocator(py::int_(bytes));
+      ptr_ = to_ptr(keep_.attr("data_ptr")().cast<uintptr_t>());
+      if (ptr_ == nullptr) throw std::runtime_error("pyweightstat: allocator returned a null buffer");
+    } else {
+      device_ = device;
+      stream_ = stream;
+      ptr_ = cu::alloc_async(bytes, stream);
+      owned_ = true;
+    }
+  }
+
+  void* get() const { return ptr_; }
+
+  // Stream-ordered free (no synchronisation). Never throws.
+  void release() noexcept {
+    if (owned_ && ptr_ != nullptr) {
+      try {
+        cu::DeviceGuard guard(device_);
+        cu::free_async_noexcept(ptr_, stream_);
+      } catch (...) {  // e.g. the CUDA runtime is already unloaded at interpreter exit
+      }
+    }
+    owned_ = false;
+    ptr_ = nullptr;
+    if (keep_) {
+      py::gil_scoped_acquire gil;
+      keep_ = py::object();
+    }
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  bool owned_ = false;
+  int device_ = 0;
+  void* stream_ = nullptr;
+  py::object keep_;
+};
+
+py::tuple state_rows(const std::vector<MomentState>& st) {
+  const py::ssize_t p = static_cast<py::ssize_t>(st.size());
+  py::array_t<double> f({p, py::ssize_t(8)});
+  py::array_t<int64_t> n({p, py::ssize_t(5)});
+  auto fr = f.mutable_unchecked<2>();
+  auto nr = n.mutable_unchecked<2>();
+  for (py::ssize_t i = 0; i < p; ++i) {
+    const MomentState& s = st[static_cast<size_t>(i)];
+    fr(i, 0) = s.mean;
+    fr(i, 1) = s.m2;
+    fr(i, 2) = s.m3;
+    fr(i, 3) = s.m4;
+    fr(i, 4) = s.min;
+    fr(i, 5) = s.max;
+    fr(i, 6) = s.sum_abs;
+    fr(i, 7) = s.sum_sq;
+    nr(i, 0) = s.n;
+    nr(i, 1) = s.nan;
+    nr(i, 2) = s.posinf;
+    nr(i, 3) = s.neginf;
+    nr(i, 4) = s.zero;
+  }
+  return py::make_tuple(f, n);
+}
+
+class CudaResult {
+ public:
+  CudaResult(int device, void* stream, cu::Request req, cu::Layout layout)
+      : device_(device), stream_(stream), req_(req), layout_(layout) {}
+
+  DeviceBuffer& buffer() { return buf_; }
+
+  // (f (P, 8), n (P, 5), hists or None, edges (P, bins + 1) or None); hists[i] is
+  // (first, counts, underflow, overflow, nan) as for describe_cpu.
+  py::tuple fetch() {
+    py::tuple rows = fetch_rows(0, layout_.tensors, req_.hist_kind != cu::kHistNone);
+    py::object edges = py::none();
+    if (req_.hist_kind == cu::kHistUniform && req_.edge_mode == cu::kEdgesData) {
+      py::array_t<double> e({static_cast<py::ssize_t>(layout_.tensors),
+                             static_cast<py::ssize_t>(req_.bins + 1)});
+      {
+        py::gil_scoped_release release;
+        cu::DeviceGuard guard(device_);
+        cu::copy_to_host_async(e.mutable_data(), base() + layout_.off_edges,
+                               static_cast<size_t>(e.size()) * sizeof(double), stream_);
+        cu::stream_synchronize(stream_);
+      }
+      edges = e;
+    }
+    return py::make_tuple(rows[0], rows[1], rows[2], edges);
+  }
+
+  void launch_total(bool with_hist) {
+    {
+      py::gil_scoped_release release;
+      cu::DeviceGuard guard(device_);
+      cu::launch_total(req_, layout_, buf_.get(), stream_, with_hist);
+    }
+    total_hist_ = with_hist && req_.hist_kind != cu::kHistNone;
+    total_ready_ = true;
+  }
+
+  // (f (8,), n (5,), hist tuple or None) of the total (launch_total first).
+  py::tuple fetch_total() {
+    if (!total_ready_) throw std::runtime_error("pyweightstat: fetch_total() before launch_total()");
+    py::tuple rows = fetch_rows(layout_.tensors, 1, total_hist_);
+    py::object h = py::none();
+    if (total_hist_) h = rows[2].cast<py::list>()[0];
+    return py::make_tuple(rows[0].cast<py::array_t<double>>()[py::int_(0)],
+                          rows[1].cast<py::array_t<int64_t>>()[py::int_(0)], h);
+  }
+
+  int64_t tensors() const { return layout_.tensors; }
+  size_t nbytes() const { return layout_.result_bytes; }
+
+ private:
+  char* base() const { return static_cast<char*>(buf_.get()); }
+
+  // States and histograms of slots [t0, t0 + count).
+  py::tuple fetch_rows(int64_t t0, int64_t count, bool with_hist) {
+    const size_t n = static_cast<size_t>(count);
+    const size_t rec = static_cast<size_t>(layout_.record);
+    std::vector<MomentState> st(n);
+    std::vector<int64_t> heads;  // log: the record headers
+    py::array_t<int64_t> uni;    // uniform: whole records
+    const bool uniform = with_hist && req_.hist_kind == cu::kHistUniform;
+    const bool log = with_hist && req_.hist_kind == cu::kHistLog;
+    if (uniform) uni = py::array_t<int64_t>({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(rec)});
+    if (log) heads.resize(n * cu::kHistHeader);
+    int64_t* uni_ptr = uniform ? uni.mutable_data() : nullptr;
+    const char* hist = base() + layout_.off_hist + static_cast<size_t>(t0) * rec * 8;
+    {
+      py::gil_scoped_release release;
+      cu::DeviceGuard guard(device_);
+      cu::copy_to_host_async(st.data(),
+                             base() + layout_.off_states + static_cast<size_t>(t0) * sizeof(MomentState),
+                             n * sizeof(MomentState), stream_);
+      if (uniform) cu::copy_to_host_async(uni_ptr, hist, n * rec * 8, stream_);
+      if (log) {
+        cu::copy_rows_to_host_async(heads.data(), hist, cu::kHistHeader * 8, rec * 8, n, stream_);
+      }
+      cu::stream_synchronize(stream_);
+    }
+    py::tuple fn = state_rows(st);
+    py::object hists = py::none();
+    if (uniform) {
+      py::list out;
+      for (size_t i = 0; i < n; ++i) {
+        const int64_t* r = uni_ptr + i * rec;
+        py::array_t<int64_t> counts(static_cast<py::ssize_t>(req_.bins));
+        if (req_.bins > 0) {
+          std::memcpy(counts.mutable_data(), r + cu::kHistHeader,
+                      static_cast<size_t>(req_.bins) * sizeof(int64_t));
+        }
+        out.append(py::make_tuple(int64_t(0), counts, r[0], r[1], r[2]));
+      }
+      hists = out;
+    } else if (log) {
+      std::vector<py::array_t<int64_t>> windows(n);
+      std::vector<int64_t> first(n, 0);
+      std::vector<int64_t*> dst(n, nullptr);
+      std::vector<size_t> len(n, 0);
+      for (size_t i = 0; i < n; ++i) {
+        const int64_t* h = heads.data() + i * cu::kHistHeader;
+        if (h[4] > 0) {
+          const int64_t lo = layout_.nb - h[3], hi = h[4] - 1;
+          first[i] = lo;
+          len[i] = static_cast<size_t>(hi - lo + 1);
+        }
+        windows[i] = py::array_t<int64_t>(static_cast<py::ssize_t>(len[i]));
+        dst[i] = windows[i].mutable_data();
+      }
+      {
+        py::gil_scoped_release release;
+        cu::DeviceGuard guard(device_);
+        for (size_t i = 0; i < n; ++i) {
+          if (len[i] == 0) continue;
+          cu::copy_to_host_async(
+              dst[i], hist + (i * rec + cu::kHistHeader + static_cast<size_t>(first[i])) * 8,
+              len[i] * 8, stream_);
+        }
+        cu::stream_synchronize(stream_);
+      }
+      py::list out;
+      for (size_t i = 0; i < n; ++i) {
+        const int64_t* h = heads.data() + i * cu::kHistHeader;
+        out.append(py::make_tuple(first[i], windows[i], h[0], h[1], h[2]));
+      }
+      hists = out;
+    }
+    return py::make_tuple(fn[0], fn[1], hists);
+  }
+
+  int device_;
+  void* stream_;
+  cu::Request req_;
+  cu::Layout layout_;
+  DeviceBuffer buf_;
+  bool total_ready_ = false;
+  bool total_hist_ = false;
+};
+
+cu::Entry make_entry(const TensorView& v, const std::string& what) {
+  cu::Entry e{};
+  e.numel = v.numel;
+  e.dtype = static_cast<int32_t>(v.dtype);
+  if (v.numel == 0) return e;
+  const cpu::FlatView f = cpu::flatten(v);
+  e.data = f.base;
+  if (f.contiguous()) {
+    e.ndim = 0;
+    e.aligned = (reinterpret_cast<uintptr_t>(f.base) % 16 == 0) ? 1 : 0;
+    return e;
+  }
+  if (f.ndim > cu::kMaxCudaDims) {
+    throw py::value_error(what + " has a memory layout with " + std::to_string(f.ndim) +
+                          " dimensions that cannot be merged; at most " +
+                          std::to_string(cu::kMaxCudaDims) +
+                          " are supported on CUDA: pass a contiguous copy");
+  }
+  e.ndim = static_cast<int16_t>(f.ndim);
+  for (int d = 0; d < f.ndim; ++d) {
+    e.shape[d] = f.shape[d];
+    e.strides[d] = f.strides[d];
+  }
+  return e;
+}
+
+std::unique_ptr<CudaResult> describe_cuda(const py::list& caps,
+                                          const std::vector<std::string>& names, int device,
+                                          uintptr_t stream, int hist_kind, int64_t bins,
+                                          int mantissa_bits, int edge_mode, double lo, double hi,
+                                          const py::object& edges, const py::object& allocator) {
+  std::vector<ImportedTensor> imported = import_capsules(caps, names);
+  std::vector<cu::Entry> entries;
+  std::vector<int64_t> numels;
+  entries.reserve(imported.size());
+  for (size_t i = 0; i < imported.size(); ++i) {
+    const TensorView& v = imported[i].view;
+    const std::string what = i < names.size() ? names[i] : "input " + std::to_string(i);
+    if (v.device != DeviceKind::CUDA) {
+      throw py::value_error(what + " is not a CUDA array (this is a bug in pyweightstat's "
+                                   "dispatch)");
+    }
+    if (v.device_id != device) {
+      throw py::value_error(what + " is on cuda:" + std::to_string(v.device_id) +
+                            " but the other inputs are on cuda:" + std::to_string(device) +
+                            "; pass inputs from one device per call");
+    }
+    entries.push_back(make_entry(v, what));
+    numels.push_back(v.numel);
+  }
+  cu::Request req;
+  req.hist_kind = hist_kind;
+  req.bins = bins;
+  req.mantissa_bits = mantissa_bits;
+  req.edge_mode = hist_kind == cu::kHistUniform ? edge_mode : cu::kEdgesNone;
+  req.lo = lo;
+  req.hi = hi;
+  if (hist_kind < cu::kHistNone || hist_kind > cu::kHistLog) throw py::value_error("bad hist_kind");
+  if (hist_kind == cu::kHistUniform && (bins < 1 || edge_mode < cu::kEdgesRange ||
+                                        edge_mode > cu::kEdgesExplicit)) {
+    throw py::value_error("uniform histograms need bins >= 1 and an edge mode");
+  }
+  if (hist_kind == cu::kHistLog && (mantissa_bits < 0 || mantissa_bits > kMaxMantissaBits)) {
+    throw py::value_error("mantissa_bits must be in [0, 10]");
+  }
+  py::array_t<double, py::array::c_style | py::array::forcecast> host_edges;
+  if (req.edge_mode == cu::kEdgesExplicit) {
+    host_edges = py::array_t<double, py::array::c_style | py::array::forcecast>(edges);
+    if (host_edges.size() != static_cast<py::ssize_t>(entries.size()) * (bins + 1)) {
+      throw py::value_error("edges: P x (bins + 1) values expected");
+    }
+  }
+  const cu::Layout layout = cu::make_layout(numels, req);
+  void* s = to_ptr(stream);
+  auto res = std::make_unique<CudaResult>(device, s, req, layout);
+  DeviceBuffer scratch;
+  {
+    cu::DeviceGuard guard(device);
+    res->buffer().allocate(layout.result_bytes, allocator, device, s);
+    scratch.allocate(layout.scratch_bytes, allocator, device, s);
+    const double* he = req.edge_mode == cu::kEdgesExplicit ? host_edges.data() : nullptr;
+    py::gil_scoped_release release;
+    cu::launch_describe(entries, req, layout, res->buffer().get(), scratch.get(), s, he);
+  }
+  // scratch is released here: stream-ordered (cudaFreeAsync, or the caching allocator's reuse on
+  // the same stream), after the launches that use it.
+  return res;
+}
+
+using I64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using F64 = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+py::array_t<double> pairwise_distances_cuda(const I64& counts, const F64& centres, int metric,
+                                            int device) {
+  if (counts.ndim() != 2) throw py::value_error("counts must be a (K, B) array");
+  const int64_t k = counts.shape(0), b = counts.shape(1);
+  if (centres.size() != b) throw py::value_error("centres must have B values");
+  if (metric < 0 || metric > 4) throw py::value_error("metric code must be in 0..4");
+  py::array_t<double> out({k, k});
+  double* dst = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    cu::pairwise_distances(counts.data(), k, b, centres.data(), metric, device, dst);
+  }
+  return out;
+}
+
+}  // namespace
+
+void register_cuda(py::module_& m) {
+  py::class_<CudaResult>(m, "CudaResult",
+                         "Device-resident results of one describe_cuda call (private).")
+      .def("fetch", &CudaResult::fetch,
+           "Copy every tensor's state and histogram to the host (synchronises the stream).")
+      .def("launch_total", &CudaResult::launch_total, py::arg("with_hist"),
+           "Enqueue the merge of all tensors into the total slot (no synchronisation).")
+      .def("fetch_total", &CudaResult::fetch_total, "Copy the total to the host.")
+      .def_property_readonly("tensors", &CudaResult::tensors)
+      .def_property_readonly("nbytes", &CudaResult::nbytes);
+  m.def("describe_cuda", &describe_cuda, py::arg("capsules"), py::arg("names"), py::arg("device"),
+        py::arg("stream"), py::arg("hist_kind"), py::arg("bins"), py::arg("mantissa_bits"),
+        py::arg("edge_mode"), py::arg("lo"), py::arg("hi"), py::arg("edges"),
+        py::arg("allocator"),
+        "Enqueue the fused moments/histogram pass over CUDA tensors (DLPack capsules) on `stream` "
+        "and return a CudaResult. edge_mode: 1 range (lo, hi), 2 each tensor's data range, "
+        "3 explicit `edges` (P x (bins + 1) float64). `allocator(nbytes)` returns an object with "
+        "data_ptr() (e.g. a torch.uint8 CUDA tensor), or None for cudaMallocAsync.");
+  m.def("pairwise_distances_cuda", &pairwise_distances_cuda, py::arg("counts"),
+        py::arg("centres"), py::arg("metric"), py::arg("device") = 0,
+        "pairwise_distances computed on a GPU (synchronous): K x K distances between the rows of "
+        "a host (K, B) int64 count matrix. Metric codes: 0 wasserstein, 1 ks, 2 js, 3 hellinger, "
+        "4 tv.");
+  m.attr("CUDA_CHUNK") = cu::kChunk;
+}
+
+}  // namespace pws::bind

@@ -1,0 +1,777 @@
+// CUDA fused pass: moments, extremes, norms, special-value counts and an optional uniform or
+// universal log histogram, over many tensors per launch, on the caller's stream.
+//
+// Work items are (tensor, chunk of kChunk values); block b finds its tensor by binary search in
+// the launch's table (a __grid_constant__ parameter, so no host-to-device copy per call). Each
+// thread accumulates shifted power sums of its values (shift = its first finite value; short runs
+// summed in the input precision, then added into float64, as the CPU kernels do), converts them to
+// a MomentState and merges it across the warp (shuffles) and the block (shared memory) with the
+// Pebay formulas of pws/moment_state.h. One state per chunk goes to a scratch array; a second
+// launch merges each tensor's chunk states in a fixed tree order. Every reduction has a fixed
+// shape and histogram counts use integer atomics only, so results are bit-identical run to run.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "describe_cuda.h"
+#include "pws/dtype.h"
+#include "pws/hist_layout.h"
+#include "pws/moment_state.h"
+
+namespace pws::cuda {
+namespace {
+
+// ---------------------------------------------------------------- errors
+[[noreturn]] void fail(const char* what, cudaError_t err) {
+  throw std::runtime_error(std::string("pyweightstat: CUDA error in ") + what + ": " +
+                           cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
+}
+
+#define PWS_CUDA_CHECK(call)                    \
+  do {                                          \
+    const cudaError_t pws_err_ = (call);        \
+    if (pws_err_ != cudaSuccess) fail(#call, pws_err_); \
+  } while (0)
+
+#define PWS_CUDA_CHECK_LAUNCH(name)                   \
+  do {                                                \
+    const cudaError_t pws_err_ = cudaGetLastError();  \
+    if (pws_err_ != cudaSuccess) fail(name, pws_err_); \
+  } while (0)
+
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kWarps = kThreads / 32;
+// Dynamic shared memory a block may use for privatised histogram counters (and uniform edges);
+// below the 48 KB that needs no opt-in, with the static shared memory of the kernel on top.
+constexpr size_t kSharedHistBudget = 40 * 1024;
+
+size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+// ---------------------------------------------------------------- kernel parameters
+struct EntryTable {
+  int32_t count;
+  int32_t pad;
+  int64_t tensor_base;                 // global index of entries[0]
+  int64_t chunk_base;                  // scratch index of this launch's first chunk
+  int64_t chunk_begin[kMaxBatch + 1];  // prefix sums of chunks, relative to chunk_base
+  Entry entries[kMaxBatch];
+};
+
+struct Params {
+  MomentState* states;      // (P + 1)
+  MomentState* scratch;     // one per chunk
+  unsigned long long* hist; // (P + 1) records
+  double* edges;            // uniform edges
+  int64_t tensors;
+  int64_t nb;
+  int64_t record;
+  int64_t bins;
+  int64_t edge_stride;      // 0: one shared edges array; else bins + 1
+  int32_t hist_kind;
+  int32_t mbits;
+  int32_t edge_mode;
+  int32_t privatised;
+};
+
+static_assert(sizeof(EntryTable) + sizeof(Params) <= 32000,
+              "kernel parameters must stay below the 32 KB limit");
+
+// ---------------------------------------------------------------- loads
+template <class T>
+struct Compute {
+  using type = typename Load<T>::CT;
+};
+
+__device__ __forceinline__ float load1(const float* p) { return __ldg(p); }
+__device__ __forceinline__ double load1(const double* p) { return __ldg(p); }
+__device__ __forceinline__ float load1(const half_t* p) {
+  return __half2float(__ushort_as_half(__ldg(reinterpret_cast<const unsigned short*>(p))));
+}
+__device__ __forceinline__ float load1(const bfloat16_t* p) {
+  return __uint_as_float(static_cast<uint32_t>(__ldg(reinterpret_cast<const unsigned short*>(p)))
+                         << 16);
+}
+
+template <class T>
+struct VecWidth {
+  static constexpr int value = 16 / static_cast<int>(sizeof(T));
+};
+
+// One 16-byte aligned load, unpacked to the compute type.
+__device__ __forceinline__ void load_vec(const float* p, float (&v)[4]) {
+  const float4 q = __ldg(reinterpret_cast<const float4*>(p));
+  v[0] = q.x;
+  v[1] = q.y;
+  v[2] = q.z;
+  v[3] = q.w;
+}
+__device__ __forceinline__ void load_vec(const double* p, double (&v)[2]) {
+  const double2 q = __ldg(reinterpret_cast<const double2*>(p));
+  v[0] = q.x;
+  v[1] = q.y;
+}
+__device__ __forceinline__ void load_vec(const half_t* p, float (&v)[8]) {
+  const uint4 q = __ldg(reinterpret_cast<const uint4*>(p));
+  const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    v[2 * k] = __half2float(__ushort_as_half(static_cast<unsigned short>(w[k] & 0xffffu)));
+    v[2 * k + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(w[k] >> 16)));
+  }
+}
+__device__ __forceinline__ void load_vec(const bfloat16_t* p, float (&v)[8]) {
+  const uint4 q = __ldg(reinterpret_cast<const uint4*>(p));
+  const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    v[2 * k] = __uint_as_float(w[k] << 16);
+    v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+  }
+}
+
+// Element offset of flat index f in a merged strided layout (innermost dimension last).
+__device__ __forceinline__ int64_t strided_offset(const Entry& e, int64_t f) {
+  if (e.ndim <= 0) return f;
+  if (e.ndim == 1) return f * e.strides[0];
+  int64_t off = 0;
+  for (int d = e.ndim - 1; d > 0; --d) {
+    const int64_t s = e.shape[d];
+    const int64_t q = f / s;
+    off += (f - q * s) * e.strides[d];
+    f = q;
+  }
+  return off + f * e.strides[0];
+}
+
+// ---------------------------------------------------------------- per-thread accumulation
+template <class CT>
+__device__ __forceinline__ CT max_finite();
+template <>
+__device__ __forceinline__ float max_finite<float>() {
+  return 3.402823466e+38f;
+}
+template <>
+__device__ __forceinline__ double max_finite<double>() {
+  return 1.7976931348623157e+308;
+}
+
+__device__ __forceinline__ float abs_ct(float x) { return fabsf(x); }
+__device__ __forceinline__ double abs_ct(double x) { return fabs(x); }
+
+template <class CT>
+struct Acc {
+  int32_t n, nan, posinf, neginf, zero;  // at most a few hundred values per thread
+  bool has_shift;
+  CT shift;
+  CT mn, mx;
+  double s1, s2, s3, s4, sab, ssq;
+};
+
+template <class CT>
+__device__ __forceinline__ void acc_init(Acc<CT>& a) {
+  a.n = a.nan = a.posinf = a.neginf = a.zero = 0;
+  a.has_shift = false;
+  a.shift = CT(0);
+  a.mn = CT(0);
+  a.mx = CT(0);
+  a.s1 = a.s2 = a.s3 = a.s4 = a.sab = a.ssq = 0.0;
+}
+
+template <class CT>
+__device__ __forceinline__ MomentState acc_state(const Acc<CT>& a) {
+  MomentState s = moment_identity();
+  s.nan = a.nan;
+  s.posinf = a.posinf;
+  s.neginf = a.neginf;
+  s.zero = a.zero;
+  if (a.n > 0) {
+    s.n = a.n;
+    moments_from_shifted_sums(static_cast<double>(a.n), static_cast<double>(a.shift), a.s1, a.s2,
+                              a.s3, a.s4, &s.mean, &s.m2, &s.m3, &s.m4);
+    s.min = static_cast<double>(a.mn);
+    s.max = static_cast<double>(a.mx);
+    s.sum_abs = a.sab;
+    s.sum_sq = a.ssq;
+  }
+  return s;
+}
+
+// Histogram context of one block: shared counters (privatised) or the tensor's global record.
+struct HistCtx {
+  unsigned int* sh;
+  unsigned long long* g;
+  UniformLayout ul;
+  int mbits;
+  int32_t lo, hi;  // touched finite buckets (log)
+};
+
+// Record slot of a value: counts at kHistHeader + bin, underflow 0, overflow 1, NaN 2; -1 for
+// padding lanes.
+template <int kHist, class CT>
+__device__ __forceinline__ long long hist_slot(HistCtx& h, CT v) {
+  int64_t c;
+  if constexpr (kHist == kHistUniform) {
+    c = uniform_bin(static_cast<double>(v), h.ul);
+  } else {
+    c = log_bucket(static_cast<float>(v), h.mbits);
+    if (c >= 0) {
+      h.lo = min(h.lo, static_cast<int32_t>(c));
+      h.hi = max(h.hi, static_cast<int32_t>(c));
+    }
+  }
+  if (c >= 0) return kHistHeader + c;
+  return c == kBinUnder ? 0 : (c == kBinOver ? 1 : 2);
+}
+
+// Must be called by all 32 lanes of the warp together (the global path aggregates the warp).
+template <int kHist, class CT>
+__device__ __forceinline__ void hist_add(HistCtx& h, CT v, bool ok) {
+  const long long slot = ok ? hist_slot<kHist>(h, v) : -1;
+  if (h.sh != nullptr) {
+    if (slot >= 0) atomicAdd(&h.sh[slot], 1u);
+  } else {
+    const unsigned peers = __match_any_sync(kFullMask, slot);
+    const int leader = __ffs(peers) - 1;
+    if (slot >= 0 && static_cast<int>(threadIdx.x & 31) == leader) {
+      atomicAdd(&h.g[slot], static_cast<unsigned long long>(__popc(peers)));
+    }
+  }
+}
+
+// Consume N values (ok[j] false for padding). Called by every thread of the block the same
+// number of times.
+template <bool kState, int kHist, class CT, int N>
+__device__ __forceinline__ void consume(Acc<CT>& a, HistCtx& h, const CT (&v)[N],
+                                        const bool (&ok)[N]) {
+  if constexpr (kState) {
+    bool fin[N];
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      fin[j] = ok[j] && abs_ct(v[j]) <= max_finite<CT>();  // false for NaN
+      if (ok[j]) {
+        a.zero += (v[j] == CT(0)) ? 1 : 0;
+        if (!fin[j]) {
+          if (v[j] != v[j]) {
+            ++a.nan;
+          } else if (v[j] > CT(0)) {
+            ++a.posinf;
+          } else {
+            ++a.neginf;
+          }
+        }
+      }
+    }
+    if (!a.has_shift) {
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        if (fin[j] && !a.has_shift) {
+          a.shift = v[j];
+          a.mn = v[j];
+          a.mx = v[j];
+          a.has_shift = true;
+        }
+      }
+    }
+    CT p1 = CT(0), p2 = CT(0), p3 = CT(0), p4 = CT(0), pab = CT(0), psq = CT(0);
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      if (fin[j]) {
+        const CT d = v[j] - a.shift;
+        const CT d2 = d * d;
+        p1 += d;
+        p2 += d2;
+        p3 += d2 * d;
+        p4 += d2 * d2;
+        pab += abs_ct(v[j]);
+        psq += v[j] * v[j];
+        ++a.n;
+        a.mn = v[j] < a.mn ? v[j] : a.mn;
+        a.mx = v[j] > a.mx ? v[j] : a.mx;
+      }
+    }
+    a.s1 += static_cast<double>(p1);
+    a.s2 += static_cast<double>(p2);
+    a.s3 += static_cast<double>(p3);
+    a.s4 += static_cast<double>(p4);
+    a.sab += static_cast<double>(pab);
+    a.ssq += static_cast<double>(psq);
+  }
+  if constexpr (kHist != kHistNone) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) hist_add<kHist>(h, v[j], ok[j]);
+  }
+}
+
+// ---------------------------------------------------------------- reductions
+__device__ __forceinline__ MomentState shfl_down_state(const MomentState& s, int off) {
+  MomentState o;
+  o.n = static_cast<int64_t>(__shfl_down_sync(kFullMask, static_cast<long long>(s.n), off));
+  o.nan = static_cast<int64_t>(__shfl_down_sync(kFullMask, static_cast<long long>(s.nan), off));
+  o.posinf =
+      static_cast<int64_t>(__shfl_down_sync(kFullMask, static_cast<long long>(s.posinf), off));
+  o.neginf =
+      static_cast<int64_t>(__shfl_down_sync(kFullMask, static_cast<long long>(s.neginf), off));
+  o.zero = static_cast<int64_t>(__shfl_down_sync(kFullMask, static_cast<long long>(s.zero), off));
+  o.mean = __shfl_down_sync(kFullMask, s.mean, off);
+  o.m2 = __shfl_down_sync(kFullMask, s.m2, off);
+  o.m3 = __shfl_down_sync(kFullMask, s.m3, off);
+  o.m4 = __shfl_down_sync(kFullMask, s.m4, off);
+  o.min = __shfl_down_sync(kFullMask, s.min, off);
+  o.max = __shfl_down_sync(kFullMask, s.max, off);
+  o.sum_abs = __shfl_down_sync(kFullMask, s.sum_abs, off);
+  o.sum_sq = __shfl_down_sync(kFullMask, s.sum_sq, off);
+  return o;
+}
+
+// Lane 0 ends with the merge of the 32 lanes' states (fixed tree).
+__device__ __forceinline__ MomentState warp_merge(MomentState s) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const MomentState o = shfl_down_state(s, off);
+    moment_merge(s, o);
+  }
+  return s;
+}
+
+// Merge states[0..n) with all threads of the block in a fixed order; the result is valid in
+// part[0] after the call (which ends with a barrier). Called by all threads.
+__device__ void block_merge_range(const MomentState* states, int64_t n, MomentState* part) {
+  const int tid = static_cast<int>(threadIdx.x);
+  const int64_t per = (n + kThreads - 1) / kThreads;
+  const int64_t a = min(n, per * tid);
+  const int64_t z = min(n, a + per);
+  MomentState s = moment_identity();
+  for (int64_t c = a; c < z; ++c) moment_merge(s, states[c]);
+  part[tid] = s;
+  __syncthreads();
+  for (int w = kThreads / 2; w > 0; w >>= 1) {
+    if (tid < w) moment_merge(part[tid], part[tid + w]);
+    __syncthreads();
+  }
+}
+
+// np.linspace(lo, hi, bins + 1)[i], operation for operation (no FMA contraction).
+__device__ __forceinline__ double linspace_at(int64_t i, int64_t bins, double lo, double hi) {
+  if (i == bins) return hi;
+  const double div = static_cast<double>(bins);
+  const double delta = __dsub_rn(hi, lo);
+  const double step = __ddiv_rn(delta, div);
+  const double fi = static_cast<double>(i);
+  if (step == 0.0) return __dadd_rn(__dmul_rn(__ddiv_rn(fi, div), delta), lo);
+  return __dadd_rn(__dmul_rn(fi, step), lo);
+}
+
+// ---------------------------------------------------------------- kernels
+template <class T, bool kState, int kHist>
+__device__ __forceinline__ void run_chunk(const Entry& e, int64_t start, int64_t len, HistCtx& h,
+                                          MomentState* chunk_out, MomentState* warp_states) {
+  using CT = typename Compute<T>::type;
+  const int tid = static_cast<int>(threadIdx.x);
+  Acc<CT> a;
+  acc_init(a);
+  const T* base = static_cast<const T*>(e.data);
+  if (e.aligned) {
+    constexpr int V = VecWidth<T>::value;
+    const T* x = base + start;
+    const int64_t nv = len / V;
+    for (int64_t v0 = 0; v0 < nv; v0 += 2 * kThreads) {  // two loads in flight per thread
+      const int64_t i0 = v0 + tid, i1 = i0 + kThreads;
+      CT a0[V], a1[V];
+      bool k0[V], k1[V];
+      const bool in0 = i0 < nv, in1 = i1 < nv;
+      if (in0) {
+        load_vec(x + i0 * V, a0);
+      } else {
+#pragma unroll
+        for (int j = 0; j < V; ++j) a0[j] = CT(0);
+      }
+      if (in1) {
+        load_vec(x + i1 * V, a1);
+      } else {
+#pragma unroll
+        for (int j = 0; j < V; ++j) a1[j] = CT(0);
+      }
+#pragma unroll
+      for (int j = 0; j < V; ++j) {
+        k0[j] = in0;
+        k1[j] = in1;
+      }
+      consume<kState, kHist>(a, h, a0, k0);
+      consume<kState, kHist>(a, h, a1, k1);
+    }
+    const int64_t done = nv * V;
+    if (done < len) {  // fewer than V values left (last chunk of a tensor); block-uniform
+      const int64_t i = done + tid;
+      bool ok[1] = {i < len};
+      CT v[1] = {ok[0] ? static_cast<CT>(load1(x + i)) : CT(0)};
+      consume<kState, kHist>(a, h, v, ok);
+    }
+  } else {
+    constexpr int U = 4;
+    for (int64_t i0 = 0; i0 < len; i0 += U * kThreads) {
+      CT v[U];
+      bool ok[U];
+#pragma unroll
+      for (int j = 0; j < U; ++j) {
+        const int64_t i = i0 + j * kThreads + tid;
+        ok[j] = i < len;
+        v[j] = ok[j] ? static_cast<CT>(load1(base + strided_offset(e, start + i))) : CT(0);
+      }
+      consume<kState, kHist>(a, h, v, ok);
+    }
+  }
+  if constexpr (kState) {
+    MomentState s = warp_merge(acc_state(a));
+    const int lane = tid & 31, warp = tid >> 5;
+    if (lane == 0) warp_states[warp] = s;
+    __syncthreads();
+    if (warp == 0) {
+      s = lane < kWarps ? warp_states[lane] : moment_identity();
+      s = warp_merge(s);
+      if (lane == 0) *chunk_out = s;
+    }
+  }
+}
+
+template <bool kState, int kHist>
+__global__ void __launch_bounds__(kThreads)
+    fused_kernel(const __grid_constant__ EntryTable tab, const Params p) {
+  extern __shared__ __align__(16) unsigned char dyn_smem[];
+  __shared__ MomentState warp_states[kWarps];
+  const int tid = static_cast<int>(threadIdx.x);
+  const int64_t b = blockIdx.x;
+  int lo = 0, hi = tab.count - 1;  // last tensor whose first chunk is <= b
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (tab.chunk_begin[mid] <= b) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  const int t = lo;
+  const Entry& e = tab.entries[t];
+  const int64_t start = (b - tab.chunk_begin[t]) * kChunk;
+  const int64_t len = min(kChunk, e.numel - start);
+  const int64_t gt = tab.tensor_base + t;
+
+  HistCtx h;
+  h.sh = nullptr;
+  h.g = nullptr;
+  h.mbits = p.mbits;
+  h.lo = INT_MAX;
+  h.hi = -1;
+  h.ul = UniformLayout{0, 0.0, 0.0, 0.0, nullptr};
+  if constexpr (kHist != kHistNone) {
+    h.g = p.hist + gt * p.record;
+    if (p.privatised) {
+      h.sh = reinterpret_cast<unsigned int*>(dyn_smem);
+      for (int64_t i = tid; i < p.record; i += kThreads) h.sh[i] = 0u;
+    }
+    if constexpr (kHist == kHistUniform) {
+      const double* ge = p.edges + gt * p.edge_stride;
+      const double* edges = ge;
+      if (p.privatised) {
+        double* se = reinterpret_cast<double*>(
+            dyn_smem + (static_cast<size_t>(p.record) * sizeof(unsigned int) + 15) / 16 * 16);
+        for (int64_t i = tid; i <= p.bins; i += kThreads) se[i] = ge[i];
+        edges = se;
+      }
+      h.ul.bins = p.bins;
+      h.ul.edges = edges;
+      h.ul.lo = ge[0];
+      h.ul.hi = ge[p.bins];
+      h.ul.norm = static_cast<double>(p.bins) / (h.ul.hi - h.ul.lo);
+    }
+    __syncthreads();
+  }
+
+  MomentState* chunk_out = kState ? p.scratch + (tab.chunk_base + b) : nullptr;
+  switch (static_cast<DType>(e.dtype)) {
+    case DType::F32: run_chunk<float, kState, kHist>(e, start, len, h, chunk_out, warp_states); break;
+    case DType::F64: run_chunk<double, kState, kHist>(e, start, len, h, chunk_out, warp_states); break;
+    case DType::F16: run_chunk<half_t, kState, kHist>(e, start, len, h, chunk_out, warp_states); break;
+    case DType::BF16:
+      run_chunk<bfloat16_t, kState, kHist>(e, start, len, h, chunk_out, warp_states);
+      break;
+  }
+
+  if constexpr (kHist != kHistNone) {
+    if constexpr (kHist == kHistLog) {  // touched window, as "nb - lo" and "hi + 1" (max-merged)
+      int32_t wlo = h.lo, whi = h.hi;
+#pragma unroll
+      for (int off = 16; off > 0; off >>= 1) {
+        wlo = min(wlo, __shfl_down_sync(kFullMask, wlo, off));
+        whi = max(whi, __shfl_down_sync(kFullMask, whi, off));
+      }
+      if ((tid & 31) == 0 && whi >= 0) {
+        atomicMax(&h.g[3], static_cast<unsigned long long>(p.nb - wlo));
+        atomicMax(&h.g[4], static_cast<unsigned long long>(whi + 1));
+      }
+    }
+    if (p.privatised) {
+      __syncthreads();
+      for (int64_t i = tid; i < p.record; i += kThreads) {
+        if (i == 3 || i == 4) continue;
+        const unsigned int c = h.sh[i];
+        if (c != 0u) atomicAdd(&h.g[i], static_cast<unsigned long long>(c));
+      }
+    }
+  }
+}
+
+// One block per tensor: merge its chunk states; for kEdgesData also write its bin edges.
+__global__ void __launch_bounds__(kThreads)
+    finalize_kernel(const __grid_constant__ EntryTable tab, const Params p) {
+  __shared__ MomentState part[kThreads];
+  const int t = static_cast<int>(blockIdx.x);
+  const int64_t gt = tab.tensor_base + t;
+  const int64_t nch = tab.chunk_begin[t + 1] - tab.chunk_begin[t];
+  block_merge_range(p.scratch + tab.chunk_base + tab.chunk_begin[t], nch, part);
+  if (threadIdx.x == 0) p.states[gt] = part[0];
+  if (p.edge_mode == kEdgesData) {
+    const MomentState& r = part[0];
+    double lo = r.n > 0 ? r.min : 0.0;
+    double hi = r.n > 0 ? r.max : 1.0;
+    if (lo == hi) {
+      lo = __dsub_rn(lo, 0.5);
+      hi = __dadd_rn(hi, 0.5);
+    }
+    double* out = p.edges + gt * p.edge_stride;
+    for (int64_t i = threadIdx.x; i <= p.bins; i += kThreads) out[i] = linspace_at(i, p.bins, lo, hi);
+  }
+}
+
+__global__ void range_edges_kernel(double* out, int64_t bins, double lo, double hi) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i <= bins) out[i] = linspace_at(i, bins, lo, hi);
+}
+
+// Block 0 merges the P tensor states into slot P; with_hist: column sums of the records (window
+// columns take the maximum).
+__global__ void __launch_bounds__(kThreads) total_kernel(const Params p, int with_hist) {
+  __shared__ MomentState part[kThreads];
+  if (blockIdx.x == 0) {
+    block_merge_range(p.states, p.tensors, part);
+    if (threadIdx.x == 0) p.states[p.tensors] = part[0];
+  }
+  if (with_hist) {
+    const int64_t col = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+    if (col < p.record) {
+      const bool is_max = p.hist_kind == kHistLog && (col == 3 || col == 4);
+      unsigned long long acc = 0;
+      for (int64_t t = 0; t < p.tensors; ++t) {
+        const unsigned long long v = p.hist[t * p.record + col];
+        acc = is_max ? (v > acc ? v : acc) : acc + v;
+      }
+      p.hist[p.tensors * p.record + col] = acc;
+    }
+  }
+}
+
+// ---------------------------------------------------------------- host side
+Params make_params(const Request& req, const Layout& L, void* result, void* scratch) {
+  char* r = static_cast<char*>(result);
+  Params p{};
+  p.states = reinterpret_cast<MomentState*>(r + L.off_states);
+  p.scratch = static_cast<MomentState*>(scratch);
+  p.hist = L.record > 0 ? reinterpret_cast<unsigned long long*>(r + L.off_hist) : nullptr;
+  p.edges = L.edge_arrays > 0 ? reinterpret_cast<double*>(r + L.off_edges) : nullptr;
+  p.tensors = L.tensors;
+  p.nb = L.nb;
+  p.record = L.record;
+  p.bins = req.bins;
+  p.edge_stride = req.edge_mode == kEdgesRange ? 0 : req.bins + 1;
+  p.hist_kind = req.hist_kind;
+  p.mbits = req.mantissa_bits;
+  p.edge_mode = req.edge_mode;
+  p.privatised = hist_privatised(req) ? 1 : 0;
+  return p;
+}
+
+size_t shared_hist_bytes(const Request& req) {
+  if (req.hist_kind == kHistUniform) {
+    return round_up(static_cast<size_t>(kHistHeader + req.bins) * sizeof(unsigned int), 16) +
+           static_cast<size_t>(req.bins + 1) * sizeof(double);
+  }
+  if (req.hist_kind == kHistLog) {
+    return static_cast<size_t>(kHistHeader + log_num_buckets(req.mantissa_bits)) *
+           sizeof(unsigned int);
+  }
+  return 0;
+}
+
+template <bool kState, int kHist>
+void launch_fused(const EntryTable& tab, const Params& p, size_t smem, cudaStream_t s) {
+  const int64_t grid = tab.chunk_begin[tab.count];
+  if (grid == 0) return;
+  if (grid > INT_MAX) throw std::runtime_error("pyweightstat: too many CUDA work items in one launch");
+  fused_kernel<kState, kHist><<<static_cast<unsigned>(grid), kThreads, smem, s>>>(tab, p);
+  PWS_CUDA_CHECK_LAUNCH("fused_kernel launch");
+}
+
+void launch_finalize(const EntryTable& tab, const Params& p, cudaStream_t s) {
+  finalize_kernel<<<static_cast<unsigned>(tab.count), kThreads, 0, s>>>(tab, p);
+  PWS_CUDA_CHECK_LAUNCH("finalize_kernel launch");
+}
+
+std::vector<EntryTable> make_tables(const std::vector<Entry>& entries) {
+  std::vector<EntryTable> tables;
+  int64_t chunk_base = 0;
+  for (size_t b0 = 0; b0 < entries.size(); b0 += kMaxBatch) {
+    const size_t n = std::min(entries.size() - b0, static_cast<size_t>(kMaxBatch));
+    EntryTable tab{};
+    tab.count = static_cast<int32_t>(n);
+    tab.tensor_base = static_cast<int64_t>(b0);
+    tab.chunk_base = chunk_base;
+    int64_t c = 0;
+    for (size_t i = 0; i < n; ++i) {
+      tab.entries[i] = entries[b0 + i];
+      tab.chunk_begin[i] = c;
+      c += (entries[b0 + i].numel + kChunk - 1) / kChunk;
+    }
+    tab.chunk_begin[n] = c;
+    chunk_base += c;
+    tables.push_back(tab);
+  }
+  return tables;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- public launchers
+bool hist_privatised(const Request& req) {
+  const size_t b = shared_hist_bytes(req);
+  return b > 0 && b <= kSharedHistBudget;
+}
+
+Layout make_layout(const std::vector<int64_t>& numels, const Request& req) {
+  Layout L;
+  L.tensors = static_cast<int64_t>(numels.size());
+  if (req.hist_kind == kHistUniform) L.nb = req.bins;
+  if (req.hist_kind == kHistLog) L.nb = log_num_buckets(req.mantissa_bits);
+  L.record = req.hist_kind == kHistNone ? 0 : kHistHeader + L.nb;
+  if (req.hist_kind == kHistUniform) L.edge_arrays = req.edge_mode == kEdgesRange ? 1 : L.tensors;
+  for (int64_t n : numels) L.chunks += (n + kChunk - 1) / kChunk;
+  const size_t p1 = static_cast<size_t>(L.tensors + 1);
+  L.off_states = 0;
+  L.off_hist = round_up(p1 * sizeof(MomentState), 256);
+  L.off_edges = round_up(L.off_hist + p1 * static_cast<size_t>(L.record) * 8, 256);
+  L.result_bytes = round_up(
+      L.off_edges + static_cast<size_t>(L.edge_arrays) * static_cast<size_t>(req.bins + 1) * 8, 256);
+  L.scratch_bytes = static_cast<size_t>(L.chunks > 0 ? L.chunks : 1) * sizeof(MomentState);
+  return L;
+}
+
+void launch_describe(const std::vector<Entry>& entries, const Request& req, const Layout& L,
+                     void* result, void* scratch, void* stream, const double* host_edges) {
+  (void)cudaGetLastError();  // clear an error left by an earlier failed call
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const Params p = make_params(req, L, result, scratch);
+  if (L.record > 0) {
+    PWS_CUDA_CHECK(cudaMemsetAsync(p.hist, 0,
+                                   static_cast<size_t>(L.tensors + 1) *
+                                       static_cast<size_t>(L.record) * 8, s));
+  }
+  if (req.hist_kind == kHistUniform) {
+    if (req.edge_mode == kEdgesRange) {
+      const int64_t n = req.bins + 1;
+      range_edges_kernel<<<static_cast<unsigned>((n + kThreads - 1) / kThreads), kThreads, 0, s>>>(
+          p.edges, req.bins, req.lo, req.hi);
+      PWS_CUDA_CHECK_LAUNCH("range_edges_kernel launch");
+    } else if (req.edge_mode == kEdgesExplicit) {
+      PWS_CUDA_CHECK(cudaMemcpyAsync(p.edges, host_edges,
+                                     static_cast<size_t>(L.tensors) *
+                                         static_cast<size_t>(req.bins + 1) * sizeof(double),
+                                     cudaMemcpyHostToDevice, s));
+    }
+  }
+  const std::vector<EntryTable> tables = make_tables(entries);
+  const size_t smem = p.privatised ? shared_hist_bytes(req) : 0;
+  if (req.hist_kind == kHistUniform && req.edge_mode == kEdgesData) {
+    for (const EntryTable& tab : tables) {
+      launch_fused<true, kHistNone>(tab, p, 0, s);
+      launch_finalize(tab, p, s);
+    }
+    for (const EntryTable& tab : tables) launch_fused<false, kHistUniform>(tab, p, smem, s);
+    return;
+  }
+  for (const EntryTable& tab : tables) {
+    if (req.hist_kind == kHistUniform) {
+      launch_fused<true, kHistUniform>(tab, p, smem, s);
+    } else if (req.hist_kind == kHistLog) {
+      launch_fused<true, kHistLog>(tab, p, smem, s);
+    } else {
+      launch_fused<true, kHistNone>(tab, p, 0, s);
+    }
+    launch_finalize(tab, p, s);
+  }
+}
+
+void launch_total(const Request& req, const Layout& L, void* result, void* stream, bool with_hist) {
+  (void)cudaGetLastError();
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  const Params p = make_params(req, L, result, nullptr);
+  const bool hist = with_hist && L.record > 0;
+  const int64_t blocks = hist ? (L.record + kThreads - 1) / kThreads : 1;
+  total_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(p, hist ? 1 : 0);
+  PWS_CUDA_CHECK_LAUNCH("total_kernel launch");
+}
+
+// ---------------------------------------------------------------- runtime wrappers
+int current_device() {
+  int d = 0;
+  PWS_CUDA_CHECK(cudaGetDevice(&d));
+  return d;
+}
+
+void set_device(int device) { PWS_CUDA_CHECK(cudaSetDevice(device)); }
+
+void set_device_noexcept(int device) noexcept {
+  if (cudaSetDevice(device) != cudaSuccess) (void)cudaGetLastError();
+}
+
+void* alloc_async(size_t bytes, void* stream) {
+  void* ptr = nullptr;
+  PWS_CUDA_CHECK(cudaMallocAsync(&ptr, bytes, static_cast<cudaStream_t>(stream)));
+  return ptr;
+}
+
+void free_async_noexcept(void* ptr, void* stream) noexcept {
+  if (ptr == nullptr) return;
+  if (cudaFreeAsync(ptr, static_cast<cudaStream_t>(stream)) != cudaSuccess) {
+    (void)cudaGetLastError();
+  }
+}
+
+void copy_to_host_async(void* dst, const void* src, size_t bytes, void* stream) {
+  if (bytes == 0) return;
+  PWS_CUDA_CHECK(
+      cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, static_cast<cudaStream_t>(stream)));
+}
+
+void copy_rows_to_host_async(void* dst, const void* src, size_t width, size_t src_pitch,
+                             size_t height, void* stream) {
+  if (width == 0 || height == 0) return;
+  PWS_CUDA_CHECK(cudaMemcpy2DAsync(dst, width, src, src_pitch, width, height,
+                                   cudaMemcpyDeviceToHost, static_cast<cudaStream_t>(stream)));
+}
+
+void stream_synchronize(void* stream) {
+  PWS_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
+}
+
+DeviceGuard::DeviceGuard(int device) : prev_(current_device()), changed_(prev_ != device) {
+  if (changed_) set_device(device);
+}
+
+DeviceGuard::~DeviceGuard() {
+  if (changed_) set_device_noexcept(prev_);
+}
+
+}  // namespace pws::cuda

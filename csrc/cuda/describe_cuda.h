@@ -1,0 +1,114 @@
+// CUDA fused pass (moments + optional uniform/log histogram) over many tensors: launchers and the
+// device-buffer layout. Plain C++: includes no CUDA header, so the bindings compile without nvcc.
+//
+// One call of the engine enqueues, on the caller's stream and without any host synchronisation:
+//   1. a memset of the histogram records,
+//   2. (uniform histograms) the bin edges, computed on the device (np.linspace's exact values),
+//   3. per batch of up to kMaxBatch tensors, one launch of the fused kernel over (tensor, chunk)
+//      work items, writing one moment state per chunk and adding into the histogram records,
+//   4. per batch, one launch that merges each tensor's chunk states in a fixed order.
+// Results stay in a device buffer laid out as described by `Layout` until they are fetched.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "pws/moment_state.h"
+#include "pws/tensor_view.h"
+
+namespace pws::cuda {
+
+// Values per work item (one thread block): 256 threads x 256 values. Fixed, so results do not
+// depend on the GPU; multiple of every vector width, so chunk starts keep 16-byte alignment.
+constexpr int64_t kChunk = int64_t(1) << 16;
+constexpr int kThreads = 256;
+// Dimensions of a strided input after merging contiguous ones (more: the caller copies it).
+constexpr int kMaxCudaDims = 6;
+// Tensors per launch: the table travels as a __grid_constant__ kernel parameter (< 32 KB).
+constexpr int kMaxBatch = 200;
+// Histogram record per tensor (int64): [underflow, overflow, nan, window_lo_rev, window_hi_p1,
+// counts...]. window_lo_rev = nb - lowest touched finite bucket, window_hi_p1 = highest + 1 (both
+// 0 when no finite value was counted; log layout only).
+constexpr int kHistHeader = 5;
+
+enum HistKind : int { kHistNone = 0, kHistUniform = 1, kHistLog = 2 };
+// Where the uniform edges come from: `kEdgesRange` one np.linspace(lo, hi) for every tensor,
+// `kEdgesData` each tensor's finite min/max (a moments pass first), `kEdgesExplicit` host arrays.
+enum EdgeMode : int { kEdgesNone = 0, kEdgesRange = 1, kEdgesData = 2, kEdgesExplicit = 3 };
+
+// One input after its dimensions were ordered and merged (pws::cpu::flatten).
+struct Entry {
+  const void* data;  // lowest address of the tensor
+  int64_t numel;
+  int32_t dtype;     // pws::DType
+  int16_t ndim;      // merged dims; 0 means contiguous
+  int16_t aligned;   // contiguous and 16-byte aligned: vector loads
+  int64_t shape[kMaxCudaDims];
+  int64_t strides[kMaxCudaDims];  // elements, >= 0
+};
+
+struct Request {
+  int hist_kind = kHistNone;
+  int64_t bins = 0;       // uniform
+  int mantissa_bits = 0;  // log
+  int edge_mode = kEdgesNone;
+  double lo = 0.0, hi = 1.0;  // kEdgesRange
+};
+
+// Byte offsets of the parts of the device buffers. The result buffer holds the states and the
+// histogram records (and edges); the scratch buffer holds one state per chunk and is only needed
+// until the launches complete.
+struct Layout {
+  int64_t tensors = 0;      // P
+  int64_t nb = 0;           // counts per histogram record (bins, or log buckets)
+  int64_t record = 0;       // int64 values per histogram record (kHistHeader + nb), 0 if none
+  int64_t edge_arrays = 0;  // arrays of bins + 1 edges
+  int64_t chunks = 0;       // total work items
+  size_t off_states = 0;    // (P + 1) MomentState; slot P is the total
+  size_t off_hist = 0;      // (P + 1) records
+  size_t off_edges = 0;     // edge_arrays x (bins + 1) float64
+  size_t result_bytes = 0;
+  size_t scratch_bytes = 0;  // chunks MomentState
+};
+
+Layout make_layout(const std::vector<int64_t>& numels, const Request& req);
+
+// Whether the histogram counters of one block fit in shared memory.
+bool hist_privatised(const Request& req);
+
+// Enqueue the fused pass. `host_edges` (kEdgesExplicit only) holds P x (bins + 1) float64 and
+// may be freed on return. Throws std::runtime_error naming the failing CUDA call.
+void launch_describe(const std::vector<Entry>& entries, const Request& req, const Layout& layout,
+                     void* result, void* scratch, void* stream, const double* host_edges);
+
+// Enqueue the merge of all P tensor states (and, with `with_hist`, histogram records) into slot P.
+void launch_total(const Request& req, const Layout& layout, void* result, void* stream,
+                  bool with_hist);
+
+// ---------------------------------------------------------------- thin runtime wrappers
+// Each throws std::runtime_error with the CUDA error string; the *_noexcept ones never throw.
+int current_device();
+void set_device(int device);
+void set_device_noexcept(int device) noexcept;
+void* alloc_async(size_t bytes, void* stream);
+void free_async_noexcept(void* ptr, void* stream) noexcept;
+void copy_to_host_async(void* dst, const void* src, size_t bytes, void* stream);
+// height rows of `width` bytes, source rows `src_pitch` bytes apart, packed in dst.
+void copy_rows_to_host_async(void* dst, const void* src, size_t width, size_t src_pitch,
+                             size_t height, void* stream);
+void stream_synchronize(void* stream);
+
+// Restores the previous current device on destruction.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device);
+  ~DeviceGuard();
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int prev_;
+  bool changed_;
+};
+
+}  // namespace pws::cuda

@@ -1,0 +1,278 @@
+"""CUDA dispatch of the engine: enqueue the fused pass, return Summaries that stay on the device.
+
+One call of :func:`run` exports every input through DLPack on the caller's current stream (the
+PyTorch current stream of the inputs' device for ``torch.Tensor`` inputs, the legacy default
+stream for other DLPack producers), enqueues the kernels on that stream and returns at once: no
+host synchronisation. All Summaries of one call share one small device result buffer; reading any
+value of any of them copies the whole buffer to the host once (and synchronises that stream).
+
+The result buffer of ``torch`` inputs comes from PyTorch's caching allocator (a ``torch.uint8``
+tensor), so the call works inside ``torch.cuda.graph`` capture and follows PyTorch's stream-ordered
+memory reuse; other inputs use ``cudaMallocAsync``/``cudaFreeAsync`` on the same stream.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+from . import _input
+from .histogram import Histogram
+from .summary import Summary
+
+_HIST_NONE, _HIST_UNIFORM, _HIST_LOG = 0, 1, 2
+_EDGES_NONE, _EDGES_RANGE, _EDGES_DATA, _EDGES_EXPLICIT = 0, 1, 2, 3
+_DLPACK_LEGACY_STREAM = 1  # DLPack stream protocol: 1 is CUDA's legacy default stream
+_MAX_STRIDED_DIMS = 6  # csrc/cuda/describe_cuda.h kMaxCudaDims
+
+
+def _core() -> Any:
+    from .. import _C
+
+    return _C
+
+
+class _Call:
+    """The device results of one ``describe_cuda`` call and their host copy once fetched."""
+
+    __slots__ = (
+        "_handle",
+        "_res",
+        "_total",
+        "_total_pending",
+        "edge_mode",
+        "edges",
+        "hist_kind",
+        "mantissa_bits",
+        "ntensors",
+    )
+
+    def __init__(
+        self,
+        handle: Any,
+        ntensors: int,
+        hist_kind: int,
+        mantissa_bits: int,
+        edge_mode: int,
+        edges: list[np.ndarray] | None,
+    ) -> None:
+        self._handle = handle
+        self._res: tuple | None = None
+        self._total: tuple | None = None
+        self._total_pending = False
+        self.ntensors = ntensors
+        self.hist_kind = hist_kind
+        self.mantissa_bits = mantissa_bits
+        self.edge_mode = edge_mode
+        self.edges = edges
+
+    def _maybe_release(self) -> None:
+        # Free the device buffer as soon as nothing more can be read from it.
+        if self._res is not None and not self._total_pending:
+            self._handle = None
+
+    def _make_hist(self, h: tuple | None, edges: np.ndarray | None) -> Histogram | None:
+        if h is None:
+            return None
+        first, counts, under, over, nan = h
+        if self.hist_kind == _HIST_UNIFORM:
+            return Histogram(counts, edges, under, over, nan)
+        return Histogram(
+            counts,
+            None,
+            under,
+            over,
+            nan,
+            kind="log",
+            first=first,
+            mantissa_bits=self.mantissa_bits,
+        )
+
+    def state(self, i: int) -> tuple[np.ndarray, np.ndarray, Histogram | None]:
+        """Host state of tensor ``i`` (copies every tensor's results on the first call)."""
+        if self._res is None:
+            self._res = self._handle.fetch()
+            self._maybe_release()
+        f, n, hists, dev_edges = self._res
+        hist = None
+        if hists is not None:
+            edges = None
+            if self.hist_kind == _HIST_UNIFORM:
+                edges = dev_edges[i] if dev_edges is not None else self.edges[i]
+            hist = self._make_hist(hists[i], edges)
+        return f[i], n[i], hist
+
+    def launch_total(self, with_hist: bool) -> None:
+        """Enqueue the merge of every tensor into the total (no synchronisation)."""
+        self._handle.launch_total(with_hist)
+        self._total_pending = True
+
+    def total_state(self) -> tuple[np.ndarray, np.ndarray, Histogram | None]:
+        """Host state of the total of all tensors."""
+        if self._total is None:
+            self._total = self._handle.fetch_total()
+            self._total_pending = False
+            self._maybe_release()
+        f, n, h = self._total
+        edges = self.edges[0] if self.hist_kind == _HIST_UNIFORM and self.edges else None
+        return f, n, self._make_hist(h, edges)
+
+
+class _Fetch:
+    """The deferred ``fetch`` of one Summary: tensor ``index`` of ``call`` (-1: the total)."""
+
+    __slots__ = ("call", "index")
+
+    def __init__(self, call: _Call, index: int) -> None:
+        self.call = call
+        self.index = index
+
+    def __call__(self) -> tuple[np.ndarray, np.ndarray, Histogram | None]:
+        if self.index < 0:
+            return self.call.total_state()
+        return self.call.state(self.index)
+
+
+def _edge_request(
+    hist_kind: int, bins: int, edges: list[Any] | None, p: int
+) -> tuple[int, float, float, np.ndarray | None, list[np.ndarray] | None]:
+    """(edge_mode, lo, hi, explicit host edges, host edges per tensor) for the kernels."""
+    if hist_kind != _HIST_UNIFORM:
+        return _EDGES_NONE, 0.0, 1.0, None, None
+    if edges is None or all(e is None for e in edges):
+        return _EDGES_DATA, 0.0, 1.0, None, None  # each tensor's finite min/max, on the device
+    arrs = [np.ascontiguousarray(e, dtype=np.float64) for e in edges]
+    if len(arrs) != p or any(a.shape != (bins + 1,) for a in arrs):
+        raise ValueError(f"edges: one array of bins + 1 = {bins + 1} values per input expected")
+    first = arrs[0]
+    shared = all(a is first or np.array_equal(a, first) for a in arrs)
+    if shared and np.all(np.isfinite(first[[0, -1]])):
+        lin = np.linspace(first[0], first[-1], bins + 1, endpoint=True, dtype=np.float64)
+        if np.array_equal(lin, first):
+            # Recomputed on the device (same operations as np.linspace): no host-to-device copy.
+            return _EDGES_RANGE, float(first[0]), float(first[-1]), None, arrs
+    return _EDGES_EXPLICIT, 0.0, 1.0, np.stack(arrs), arrs
+
+
+def _export_torch(x: Any, stream: int) -> Any:
+    if x.dim() > _MAX_STRIDED_DIMS and not x.is_contiguous():
+        x = x.contiguous()  # on the current stream, ordered before the kernels
+    return x.__dlpack__(stream=stream)
+
+
+def _export_other(x: Any) -> Any:
+    try:
+        return x.__dlpack__(stream=_DLPACK_LEGACY_STREAM)
+    except TypeError:  # producers without the stream keyword
+        return x.__dlpack__()
+
+
+def run(
+    items: list[_input.Prepared],
+    *,
+    moments: bool,
+    hist_kind: int,
+    bins: int = 0,
+    edges: list[Any] | None = None,
+    mantissa_bits: int = 7,
+) -> list[Summary]:
+    """Enqueue the fused pass over CUDA inputs; one deferred :class:`Summary` per input.
+
+    Parameters
+    ----------
+    items : list of _input.Prepared
+        Validated CUDA inputs, all on one device.
+    moments : bool
+        Unused: the GPU pass always computes the moments (it is memory-bound).
+    hist_kind : int
+        0 none, 1 uniform, 2 universal log.
+    bins : int
+        Uniform bins.
+    edges : list of ndarray or None
+        Uniform edges per input; ``None`` (or a list of ``None``) means each input's finite
+        min/max, found on the device without a host synchronisation.
+    mantissa_bits : int
+        Log layout.
+    """
+    del moments
+    if not items:
+        return []
+    dev = items[0].device_id
+    for p in items:
+        if p.device_id != dev:
+            raise ValueError(
+                f"{p.name} is on cuda:{p.device_id} but {items[0].name} is on cuda:{dev}; "
+                "pass inputs from one device per call"
+            )
+    edge_mode, lo, hi, host_edges, edge_list = _edge_request(hist_kind, bins, edges, len(items))
+    core = _core()
+    names = [p.name for p in items]
+    torch = sys.modules.get("torch")
+    if torch is not None and all(isinstance(p.obj, torch.Tensor) for p in items):
+        with torch.cuda.device(dev):
+            stream = int(torch.cuda.current_stream(dev).cuda_stream)
+            dl_stream = stream if stream != 0 else _DLPACK_LEGACY_STREAM
+            caps = [_export_torch(p.obj, dl_stream) for p in items]
+
+            def alloc(nbytes: int) -> Any:
+                return torch.empty(int(nbytes), dtype=torch.uint8, device=f"cuda:{dev}")
+
+            handle = core.describe_cuda(
+                caps,
+                names,
+                dev,
+                stream,
+                hist_kind,
+                bins,
+                mantissa_bits,
+                edge_mode,
+                lo,
+                hi,
+                host_edges,
+                alloc,
+            )
+    else:
+        caps = [_export_other(p.obj) for p in items]
+        handle = core.describe_cuda(
+            caps, names, dev, 0, hist_kind, bins, mantissa_bits, edge_mode, lo, hi, host_edges, None
+        )
+    call = _Call(handle, len(items), hist_kind, mantissa_bits, edge_mode, edge_list)
+    return [Summary._deferred(_Fetch(call, i)) for i in range(len(items))]
+
+
+def merge_total(res: list[Summary]) -> Summary:
+    """The Summary of all inputs of one :func:`run` call, merged on the device (deferred).
+
+    The total has a histogram when the inputs share bins: log histograms, or uniform ones with
+    an explicit ``range`` (as :func:`pyweightstat.stats.api.merge_all` decides on the host).
+    """
+    fetches = [s._fetch for s in res]
+    call = fetches[0].call if fetches and isinstance(fetches[0], _Fetch) else None
+    if (
+        call is None
+        or call._handle is None
+        or call.ntensors != len(res)
+        or any(not isinstance(f, _Fetch) or f.call is not call for f in fetches)
+    ):
+        from .api import merge_all
+
+        return merge_all(res, with_hist=_same_bins([s.hist for s in res]))
+    with_hist = call.hist_kind == _HIST_LOG or (
+        call.hist_kind == _HIST_UNIFORM and call.edge_mode == _EDGES_RANGE
+    )
+    call.launch_total(with_hist)
+    return Summary._deferred(_Fetch(call, -1))
+
+
+def _same_bins(hists: list[Histogram | None]) -> bool:
+    """Whether histograms can be merged (all None, all log with one m, or one set of edges)."""
+    if all(h is None for h in hists):
+        return True
+    if any(h is None for h in hists):
+        return False
+    h0 = hists[0]
+    if h0.kind == "log":
+        return all(h.kind == "log" and h.mantissa_bits == h0.mantissa_bits for h in hists)
+    return all(h.kind == "uniform" and np.array_equal(h.edges, h0.edges) for h in hists)

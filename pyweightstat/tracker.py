@@ -1,0 +1,507 @@
+"""Per-step weight statistics of a model during training (:class:`WeightTracker`).
+
+Every ``every`` optimisation steps the tracker makes *one* engine call,
+``pyweightstat.describe_many(params, total=True, mantissa_bits=m)``, which returns a
+:class:`~pyweightstat.Summary` (moments, extrema, norms, NaN/Inf/zero counts and a universal
+log-linear histogram) for every parameter tensor of the model and for all of them together.
+
+Storage is columnar and compact:
+
+* ``steps`` ``(T,)`` int64: the optimisation step of each record;
+* ``stats`` ``(T, P + 1, S)`` float64: the fields :data:`STAT_FIELDS` of the ``P`` parameter
+  tensors (in ``model.named_parameters()`` order, weights and biases separately) and of the
+  whole model (last row, named :data:`TOTAL_NAME`);
+* histograms, sparsely, as four int64 columns ``hist_record``, ``hist_tensor``, ``hist_bucket``
+  (global index on the universal grid of docs/architecture.md) and ``hist_count``, holding the
+  non-empty buckets only.  Because the grid is universal, histograms of different steps,
+  tensors and runs compare bucket by bucket without re-binning.
+
+On a CUDA model the summaries stay on the device: the tracker keeps the
+:class:`~pyweightstat.Summary` objects and converts them to the columnar store only when
+:meth:`WeightTracker.trajectory`, :meth:`~WeightTracker.histogram`, :meth:`~WeightTracker.save`
+or :meth:`~WeightTracker.to_tensorboard` is called, or when ``max_pending`` records have
+accumulated (which bounds the device memory they hold): the host waits for the device only
+then, never on the hot path.  On the CPU each record is converted at
+once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+__all__ = ["STAT_FIELDS", "TOTAL_NAME", "WeightTracker"]
+
+#: Order of the statistics along the last axis of ``trajectory()["stats"]``.
+STAT_FIELDS: tuple[str, ...] = (
+    "count",
+    "mean",
+    "var",
+    "std",
+    "skew",
+    "kurtosis",
+    "min",
+    "max",
+    "l1",
+    "l2",
+    "linf",
+    "nan_count",
+    "posinf_count",
+    "neginf_count",
+    "zero_count",
+)
+
+#: Name of the whole-model entry (last in ``names``).
+TOTAL_NAME = "__total__"
+
+#: Histogram counters kept per (record, tensor) besides the buckets.
+_FLOW_FIELDS = ("underflow", "overflow", "nan_count")
+_FORMAT_VERSION = 1
+_MAX_MANTISSA_BITS = 10
+
+
+def _check_int(value: object, arg: str, minimum: int, maximum: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{arg} must be an int, got {type(value).__name__}")
+    value = int(value)
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{arg} must be {bound}, got {value}")
+    return value
+
+
+def _make_log_histogram(
+    counts: np.ndarray,
+    first: int,
+    mantissa_bits: int,
+    underflow: int,
+    overflow: int,
+    nan_count: int,
+) -> Any:
+    """Build a log :class:`pyweightstat.Histogram` holding the window ``counts`` at ``first``."""
+    from pyweightstat import Histogram
+
+    return Histogram.from_dict(
+        {
+            "kind": "log",
+            "counts": np.asarray(counts, dtype=np.int64),
+            "first": int(first),
+            "mantissa_bits": int(mantissa_bits),
+            "underflow": int(underflow),
+            "overflow": int(overflow),
+            "nan_count": int(nan_count),
+        }
+    )
+
+
+class _Column:
+    """A growing numpy array along axis 0 (amortised O(1) appends)."""
+
+    def __init__(self, dtype: Any, tail: tuple[int, ...] = ()) -> None:
+        self._data = np.empty((16, *tail), dtype=dtype)
+        self.n = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        need = self.n + len(values)
+        if need > len(self._data):
+            grown = np.empty(
+                (max(need, 2 * len(self._data)), *self._data.shape[1:]), self._data.dtype
+            )
+            grown[: self.n] = self._data[: self.n]
+            self._data = grown
+        self._data[self.n : need] = values
+        self.n = need
+
+    @property
+    def values(self) -> np.ndarray:
+        return self._data[: self.n]
+
+
+class WeightTracker:
+    """Record weight statistics and log histograms of every parameter tensor during training.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model being trained.  Its parameters are read (never modified) at each record.
+    every : int
+        Record after every ``every``-th call of :meth:`step` (``every=1``: every step).
+    mantissa_bits : int
+        Mantissa bits ``m`` of the universal log histograms (0..10); bucket widths are
+        ``2**-m`` of the magnitude.
+    max_pending : int
+        Device models only: convert the deferred device summaries to host arrays once this many
+        records are pending (bounds the device memory they hold; one sync per batch).
+    lazy : bool, optional
+        Defer conversion as on a device (``None``: only when the parameters are not on the CPU).
+
+    Notes
+    -----
+    Steps are counted by :meth:`step`: the first call is step 1.  Call :meth:`record` before
+    training to also keep the initial weights (step 0).  Parameter names come from
+    ``model.named_parameters()``; the whole model is the last entry, :data:`TOTAL_NAME`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        every: int = 1,
+        mantissa_bits: int = 3,
+        *,
+        max_pending: int = 256,
+        lazy: bool | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.every = _check_int(every, "every", 1)
+        self.mantissa_bits = _check_int(mantissa_bits, "mantissa_bits", 0, _MAX_MANTISSA_BITS)
+        self.max_pending = _check_int(max_pending, "max_pending", 1)
+        if lazy is not None and not isinstance(lazy, bool):
+            raise TypeError(f"lazy must be a bool or None, got {type(lazy).__name__}")
+        names = [name for name, _ in model.named_parameters()]
+        if not names:
+            raise ValueError("model has no parameters to track")
+        if TOTAL_NAME in names:
+            raise ValueError(f"a parameter is named {TOTAL_NAME!r}, which the tracker reserves")
+        self._model: nn.Module | None = model
+        self._lazy = lazy
+        self.names: list[str] = [*names, TOTAL_NAME]
+        self.num_steps = 0
+        self._init_store()
+
+    def _init_store(self) -> None:
+        width = len(self.names)
+        self._pending: list[tuple[int, list[Any]]] = []
+        self._steps = _Column(np.int64)
+        self._stats = _Column(np.float64, (width, len(STAT_FIELDS)))
+        self._hist = {key: _Column(np.int64) for key in ("record", "tensor", "bucket", "count")}
+        self._flows = _Column(np.int64, (width, len(_FLOW_FIELDS)))
+        self._key_cache: np.ndarray | None = None  # record * width + tensor of the hist rows
+
+    # ------------------------------------------------------------------ recording
+    @property
+    def model(self) -> nn.Module | None:
+        """The tracked model (``None`` for a tracker restored by :meth:`load`)."""
+        return self._model
+
+    @property
+    def num_records(self) -> int:
+        """Number of records taken so far (pending device records included)."""
+        return self._steps.n + len(self._pending)
+
+    def step(self) -> bool:
+        """Count one optimisation step; record if it is a multiple of ``every``.
+
+        Returns
+        -------
+        bool
+            Whether a record was taken.
+        """
+        self.num_steps += 1
+        if self.num_steps % self.every == 0:
+            self.record()
+            return True
+        return False
+
+    def record(self) -> None:
+        """Record the current weights now, labelled with the current step count."""
+        if self._model is None:
+            raise RuntimeError("this tracker was loaded from a file and has no model to record")
+        from pyweightstat import describe_many
+
+        params = []
+        for i, (name, p) in enumerate(self._model.named_parameters()):
+            if i >= len(self.names) - 1 or name != self.names[i]:
+                raise RuntimeError(
+                    f"the model's parameters changed since the tracker was created ({name!r})"
+                )
+            params.append(p.detach())
+        if len(params) != len(self.names) - 1:
+            raise RuntimeError("the model's parameters changed since the tracker was created")
+        summaries, total = describe_many(params, total=True, mantissa_bits=self.mantissa_bits)
+        self._pending.append((self.num_steps, [*summaries, total]))
+        lazy = self._lazy if self._lazy is not None else params[0].device.type != "cpu"
+        if not lazy or len(self._pending) >= self.max_pending:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Convert pending summaries into the columnar store (reads device values once)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        first_record = self._steps.n
+        rows = np.array(
+            [[[getattr(s, f) for f in STAT_FIELDS] for s in summaries] for _, summaries in pending],
+            dtype=np.float64,
+        )
+        hists = [s.hist for _, summaries in pending for s in summaries]
+        counts = [np.asarray(h.counts, dtype=np.int64) for h in hists]
+        lengths = np.array([len(c) for c in counts], dtype=np.int64)
+        firsts = np.array([int(h.first) for h in hists], dtype=np.int64)
+        flat = np.concatenate(counts) if counts else np.empty(0, np.int64)
+        starts = np.cumsum(lengths) - lengths
+        bucket = np.repeat(firsts - starts, lengths) + np.arange(len(flat), dtype=np.int64)
+        width = len(self.names)
+        slot = np.repeat(np.arange(len(hists), dtype=np.int64), lengths)
+        keep = flat != 0
+        self._hist["record"].extend(first_record + slot[keep] // width)
+        self._hist["tensor"].extend(slot[keep] % width)
+        self._hist["bucket"].extend(bucket[keep])
+        self._hist["count"].extend(flat[keep])
+        flows = np.array([[getattr(h, f) for f in _FLOW_FIELDS] for h in hists], dtype=np.int64)
+        self._flows.extend(flows.reshape(len(pending), width, len(_FLOW_FIELDS)))
+        self._steps.extend(np.array([step for step, _ in pending], dtype=np.int64))
+        self._stats.extend(rows)
+
+    # ------------------------------------------------------------------ reading
+    def trajectory(self) -> dict[str, Any]:
+        """The whole record as columns (copies).
+
+        Returns
+        -------
+        dict
+            ``names`` (list of str, the last is :data:`TOTAL_NAME`), ``steps`` ``(T,)`` int64,
+            ``stat_fields`` (tuple of str), ``stats`` ``(T, P + 1, S)`` float64, the sparse
+            histogram columns ``hist_record``, ``hist_tensor``, ``hist_bucket``, ``hist_count``
+            (int64, non-empty buckets only, ordered by record then tensor then bucket),
+            ``hist_flows`` ``(T, P + 1, 3)`` int64 (each histogram's underflow, overflow and
+            NaN counters), ``mantissa_bits`` and ``every``.
+        """
+        self._flush()
+        return {
+            "names": list(self.names),
+            "steps": self._steps.values.copy(),
+            "stat_fields": STAT_FIELDS,
+            "stats": self._stats.values.copy(),
+            **{f"hist_{key}": col.values.copy() for key, col in self._hist.items()},
+            "hist_flows": self._flows.values.copy(),
+            "mantissa_bits": self.mantissa_bits,
+            "every": self.every,
+        }
+
+    def stat(self, name: str, field: str) -> np.ndarray:
+        """One statistic of one tensor over all records, shape ``(T,)``.
+
+        Parameters
+        ----------
+        name : str
+            A parameter name or :data:`TOTAL_NAME`.
+        field : str
+            One of :data:`STAT_FIELDS`.
+        """
+        if field not in STAT_FIELDS:
+            raise ValueError(f"field must be one of {STAT_FIELDS}, got {field!r}")
+        self._flush()
+        return self._stats.values[:, self._index(name), STAT_FIELDS.index(field)].copy()
+
+    def _index(self, name: str) -> int:
+        try:
+            return self.names.index(name)
+        except ValueError:
+            raise KeyError(f"unknown tensor name {name!r}; known: {self.names}") from None
+
+    def _window(self, tensor: int, record: int) -> tuple[np.ndarray, int]:
+        """Dense counts and first bucket of one stored histogram."""
+        width = len(self.names)
+        rows = self._hist["count"].n
+        if self._key_cache is None or len(self._key_cache) != rows:  # sorted by construction
+            self._key_cache = self._hist["record"].values * width + self._hist["tensor"].values
+        target = record * width + tensor
+        lo, hi = np.searchsorted(self._key_cache, [target, target + 1])
+        buckets = self._hist["bucket"].values[lo:hi]
+        if not len(buckets):
+            return np.zeros(0, np.int64), 0
+        first = int(buckets[0])
+        counts = np.zeros(int(buckets[-1]) - first + 1, np.int64)
+        counts[buckets - first] = self._hist["count"].values[lo:hi]
+        return counts, first
+
+    def _record_index(self, record: int) -> int:
+        if isinstance(record, bool) or not isinstance(record, (int, np.integer)):
+            raise TypeError(f"record must be an int, got {type(record).__name__}")
+        self._flush()
+        n = self._steps.n
+        if not -n <= record < n:
+            raise IndexError(f"record {record} out of range: the tracker holds {n} records")
+        return int(record) % n
+
+    def histogram(self, name: str, record: int = -1) -> Any:
+        """Rebuild the log :class:`~pyweightstat.Histogram` of one tensor at one record.
+
+        Parameters
+        ----------
+        name : str
+            A parameter name or :data:`TOTAL_NAME`.
+        record : int
+            Record index (negative counts from the end; ``-1`` is the latest).
+
+        Returns
+        -------
+        pyweightstat.Histogram
+            A ``kind="log"`` histogram on the universal grid, with ±Inf in underflow/overflow
+            and the NaN count, exactly as the engine produced it.
+        """
+        tensor = self._index(name)
+        rec = self._record_index(record)
+        counts, first = self._window(tensor, rec)
+        underflow, overflow, nan_count = (int(v) for v in self._flows.values[rec, tensor])
+        return _make_log_histogram(
+            counts, first, self.mantissa_bits, underflow, overflow, nan_count
+        )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the record to one ``.npz`` file (written atomically; no pickles).
+
+        Parameters
+        ----------
+        path : str or path-like
+            Destination file; written exactly there (no suffix is added).
+
+        Returns
+        -------
+        pathlib.Path
+            The path written.
+        """
+        data = self.trajectory()
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(
+                fh,
+                format_version=np.int64(_FORMAT_VERSION),
+                names=np.array(data["names"], dtype=np.str_),
+                stat_fields=np.array(STAT_FIELDS, dtype=np.str_),
+                mantissa_bits=np.int64(self.mantissa_bits),
+                every=np.int64(self.every),
+                num_steps=np.int64(self.num_steps),
+                steps=data["steps"],
+                stats=data["stats"],
+                hist_record=data["hist_record"],
+                hist_tensor=data["hist_tensor"],
+                hist_bucket=data["hist_bucket"],
+                hist_count=data["hist_count"],
+                hist_flows=data["hist_flows"],
+            )
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> WeightTracker:
+        """Read a record written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : str or path-like
+            The ``.npz`` file.
+
+        Returns
+        -------
+        WeightTracker
+            A read-only tracker (no model: :meth:`record` raises) with the same trajectory.
+        """
+        with np.load(path, allow_pickle=False) as npz:
+            data = {key: npz[key] for key in npz.files}
+        version = int(data.get("format_version", -1))
+        if version != _FORMAT_VERSION:
+            raise ValueError(f"{path}: unsupported tracker file format version {version}")
+        if tuple(str(f) for f in data["stat_fields"]) != STAT_FIELDS:
+            raise ValueError(f"{path}: its stat_fields differ from this version's STAT_FIELDS")
+        tracker = cls.__new__(cls)
+        tracker._model = None
+        tracker._lazy = False
+        tracker.names = [str(n) for n in data["names"]]
+        tracker.every = int(data["every"])
+        tracker.mantissa_bits = int(data["mantissa_bits"])
+        tracker.max_pending = 1
+        tracker.num_steps = int(data["num_steps"])
+        tracker._init_store()
+        tracker._steps.extend(data["steps"].astype(np.int64))
+        tracker._stats.extend(data["stats"].astype(np.float64))
+        for key, col in tracker._hist.items():
+            col.extend(data[f"hist_{key}"].astype(np.int64))
+        tracker._flows.extend(data["hist_flows"].astype(np.int64))
+        return tracker
+
+    # ------------------------------------------------------------------ TensorBoard
+    def to_tensorboard(self, writer: Any, tag_prefix: str = "weights") -> int:
+        """Write every recorded histogram to TensorBoard without re-binning the weights.
+
+        Each histogram goes through ``SummaryWriter.add_histogram_raw`` with the tensor's own
+        min, max, count, sum and sum of squares; its buckets are the universal log buckets from
+        the first to the last non-empty one (``bucket_limits`` = their upper edges; the first
+        bucket's lower edge is implied by ``min``).  Only finite values are in a histogram;
+        records with no finite value are skipped.
+
+        Parameters
+        ----------
+        writer : torch.utils.tensorboard.SummaryWriter or str or path-like
+            A writer, or a log directory for a new writer (closed afterwards).
+        tag_prefix : str
+            Tags are ``f"{tag_prefix}/{name}"``; the global step is the optimisation step.
+
+        Returns
+        -------
+        int
+            The number of histograms written.
+        """
+        try:
+            import tensorboard  # noqa: F401  (optional dependency)
+        except ImportError as exc:
+            raise ImportError(
+                "WeightTracker.to_tensorboard needs the optional dependency 'tensorboard' "
+                "(pip install tensorboard)"
+            ) from exc
+        if not isinstance(tag_prefix, str):
+            raise TypeError(f"tag_prefix must be a str, got {type(tag_prefix).__name__}")
+        if isinstance(writer, (str, os.PathLike)):
+            from torch.utils.tensorboard import SummaryWriter
+
+            with _closing(SummaryWriter(log_dir=os.fspath(writer))) as own:
+                return self.to_tensorboard(own, tag_prefix)
+        if not hasattr(writer, "add_histogram_raw"):
+            raise TypeError(
+                f"writer must be a SummaryWriter (with add_histogram_raw), got {type(writer)}"
+            )
+        from pyweightstat.stats.layout import edges as bucket_edges
+
+        self._flush()
+        field = {f: i for i, f in enumerate(STAT_FIELDS)}
+        stats, steps = self._stats.values, self._steps.values
+        written = 0
+        for rec in range(self._steps.n):
+            for tensor, name in enumerate(self.names):
+                counts, first = self._window(tensor, rec)
+                row = stats[rec, tensor]
+                num = int(counts.sum())
+                if num == 0:
+                    continue
+                upper = bucket_edges(first, len(counts), self.mantissa_bits)[1:]
+                writer.add_histogram_raw(
+                    f"{tag_prefix}/{name}",
+                    min=float(row[field["min"]]),
+                    max=float(row[field["max"]]),
+                    num=num,
+                    sum=float(row[field["mean"]] * row[field["count"]]),
+                    sum_squares=float(row[field["l2"]] ** 2),
+                    bucket_limits=upper.tolist(),
+                    bucket_counts=counts.tolist(),
+                    global_step=int(steps[rec]),
+                )
+                written += 1
+        writer.flush()
+        return written
+
+
+@contextmanager
+def _closing(writer: Any) -> Iterator[Any]:
+    try:
+        yield writer
+    finally:
+        writer.close()

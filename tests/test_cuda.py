@@ -1,0 +1,393 @@
+"""The CUDA engine against the float64 reference and the CPU engine (``pytest -m cuda``).
+
+Counts, extremes and histograms must be exactly equal; moments must meet the SPEC bounds;
+results must be bit-identical across runs and between ``describe_many`` and per-tensor calls.
+Every test is skipped without a CUDA build of pyweightstat and a visible GPU.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import numpy as np
+import pytest
+import torch
+from stats_checks import assert_summary_matches, full_log_counts
+
+import pyweightstat as pws
+from pyweightstat.stats import api
+from pyweightstat.stats.reference import (
+    ref_histogram,
+    ref_histogram_edges,
+    ref_log_histogram,
+    ref_log_num_buckets,
+    ref_moments,
+    ref_range,
+)
+
+
+def _cuda_usable() -> bool:
+    try:
+        return bool(pws.build_info()["cuda"]) and torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not _cuda_usable(), reason="needs a CUDA build of pyweightstat and a GPU"),
+]
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+DEV = "cuda"
+
+
+def _data(n: int, dtype: torch.dtype, seed: int = 0, specials: bool = True) -> torch.Tensor:
+    """Weights-like values with zeros, NaN and +/-Inf sprinkled in, made on the GPU."""
+    g = torch.Generator(device=DEV).manual_seed(seed)
+    x = (0.3 + 0.05 * torch.randn(n, generator=g, device=DEV, dtype=torch.float64)).to(dtype)
+    if specials and n >= 64:
+        idx = torch.randperm(n, generator=g, device=DEV)[:40]
+        x[idx[:10]] = 0.0
+        x[idx[10:15]] = float("nan")
+        x[idx[15:18]] = float("inf")
+        x[idx[18:20]] = float("-inf")
+        x[idx[20:25]] = -0.0
+    return x
+
+
+def _state(s: pws.Summary) -> tuple[np.ndarray, np.ndarray]:
+    f, n = s._state()
+    return np.array(f), np.array(n)
+
+
+def _assert_same_summary(a: pws.Summary, b: pws.Summary) -> None:
+    """Bit-identical states and equal histograms."""
+    fa, na = _state(a)
+    fb, nb = _state(b)
+    np.testing.assert_array_equal(na, nb)
+    assert fa.tobytes() == fb.tobytes(), (fa, fb)
+    assert (a.hist is None) == (b.hist is None)
+    if a.hist is not None:
+        assert a.hist == b.hist
+
+
+# ------------------------------------------------------------------------------ moments
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 7, 1000, 65536 + 13, 1_000_003])
+def test_moments_match_reference_and_cpu(dtype: torch.dtype, n: int) -> None:
+    x = _data(n, dtype, seed=n)
+    s = pws.describe(x)
+    assert not s.on_host  # nothing copied before a value is read
+    assert_summary_matches(s, ref_moments(x), f"{dtype} n={n}")
+    c = pws.describe(x.cpu())
+    for name in ("count", "nan_count", "posinf_count", "neginf_count", "zero_count", "min", "max"):
+        assert getattr(s, name) == getattr(c, name) or (
+            np.isnan(getattr(s, name)) and np.isnan(getattr(c, name))
+        ), name
+
+
+def test_large_offset_accuracy() -> None:
+    # SPEC: 1e4 + N(0, 1) in float32 (catastrophic cancellation for naive sums).
+    g = torch.Generator(device=DEV).manual_seed(1)
+    x = (1e4 + torch.randn(1 << 24, generator=g, device=DEV, dtype=torch.float32)).contiguous()
+    assert_summary_matches(pws.describe(x), ref_moments(x), "1e4 + N(0,1)")
+
+
+def test_constant_and_empty() -> None:
+    c = pws.describe(torch.full((5000,), 2.5, device=DEV))
+    assert c.count == 5000 and c.mean == 2.5 and c.var == 0.0
+    assert np.isnan(c.skew) and np.isnan(c.kurtosis)
+    e = pws.describe(torch.empty(0, device=DEV))
+    assert e.count == 0 and np.isnan(e.mean) and np.isnan(e.min) and e.l1 == 0.0
+    only_nan = pws.describe(torch.full((100,), float("nan"), device=DEV))
+    assert only_nan.count == 0 and only_nan.nan_count == 100 and np.isnan(only_nan.max)
+    h = pws.log_histogram(torch.empty((0, 3), device=DEV), mantissa_bits=3)
+    assert h.counts.size == 0 and h.total == 0
+    u = pws.histogram(torch.empty(0, device=DEV), bins=4)
+    np.testing.assert_array_equal(u.counts, np.zeros(4, np.int64))
+    np.testing.assert_array_equal(u.edges, np.linspace(0.0, 1.0, 5))
+
+
+# ------------------------------------------------------------------------------ layouts
+def _strided_cases() -> list[tuple[str, torch.Tensor]]:
+    base = _data(6 * 50 * 70, torch.float32, seed=3).reshape(6, 50, 70)
+    big = _data(2 * 3 * 2 * 3 * 2 * 3 * 2 * 5, torch.float32, seed=4).reshape(
+        2, 3, 2, 3, 2, 3, 2, 5
+    )
+    return [
+        ("transposed", base.transpose(0, 2)),
+        ("sliced", base[:, ::3, 1:]),
+        ("unaligned", base.reshape(-1)[1:]),
+        ("expanded", _data(70, torch.float32, seed=5).expand(40, 70)),
+        ("scalar", torch.tensor(1.5, device=DEV)),
+        ("bf16 permuted", base.to(torch.bfloat16).permute(1, 2, 0)),
+        ("f64 column", base.to(torch.float64)[:, :, 3]),
+        ("8-d permuted", big.permute(7, 6, 5, 4, 3, 2, 1, 0)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_strided_inputs(case: int) -> None:
+    label, x = _strided_cases()[case]
+    s = pws.describe(x, mantissa_bits=4)
+    assert_summary_matches(s, ref_moments(x), label)
+    counts, under, over, nan = ref_log_histogram(x, 4)
+    np.testing.assert_array_equal(full_log_counts(s.hist, ref_log_num_buckets(4)), counts)
+    assert (s.hist.underflow, s.hist.overflow, s.hist.nan_count) == (under, over, nan)
+    assert s.hist == pws.log_histogram(x.cpu(), mantissa_bits=4)
+
+
+# ------------------------------------------------------------------------------ histograms
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bins", [1, 7, 256, 6000])  # 6000: counters in global memory
+@pytest.mark.parametrize("with_range", [False, True])
+def test_uniform_histogram_exact(dtype: torch.dtype, bins: int, with_range: bool) -> None:
+    x = _data(200_003, dtype, seed=bins)
+    rng = (0.2, 0.4) if with_range else None
+    if with_range:  # values exactly on edges
+        e = torch.tensor(ref_histogram_edges(0.2, 0.4, bins), device=DEV).to(dtype)
+        x = torch.cat([x, e, e])
+    h = pws.histogram(x, bins=bins, range=rng)
+    counts, under, over, nan = ref_histogram(x, bins, rng)
+    np.testing.assert_array_equal(h.counts, counts)
+    assert (h.underflow, h.overflow, h.nan_count) == (under, over, nan)
+    lo, hi = ref_range(x, rng)
+    np.testing.assert_array_equal(h.edges, ref_histogram_edges(lo, hi, bins))
+    assert h == pws.histogram(x.cpu(), bins=bins, range=rng)
+
+
+def test_uniform_edges_on_device_match_linspace() -> None:
+    # Awkward ranges: the device recomputes np.linspace's exact float64 edges.
+    for lo, hi, bins in [(-1e-3, 7.1, 13), (1e-30, 3e-30, 1000), (5.0, 5.0, 3), (-2.0, 1e6, 77)]:
+        x = torch.tensor([lo, hi], device=DEV, dtype=torch.float64)
+        h = pws.histogram(x, bins=bins)
+        np.testing.assert_array_equal(h.edges, ref_histogram_edges(*ref_range(x), bins))
+        h2 = pws.histogram(x, bins=bins, range=(lo, hi) if lo < hi else None)
+        assert h2.total == 2
+
+
+def test_uniform_explicit_edges() -> None:
+    x = _data(10_000, torch.float32, seed=9)
+    like = pws.Histogram(np.zeros(3, np.int64), np.array([0.0, 0.25, 0.3, 1.0]))
+    h = api._histogram_same_layout(x, like)
+    v = x.cpu().double().numpy()
+    counts, _ = np.histogram(v[np.isfinite(v)], bins=like.edges)
+    np.testing.assert_array_equal(h.counts, counts)
+    assert h == api._histogram_same_layout(x.cpu(), like)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [0, 3, 4, 5, 7, 10])  # m <= 4 shared-memory counters, else global
+def test_log_histogram_exact(dtype: torch.dtype, m: int) -> None:
+    x = _data(300_001, dtype, seed=m)
+    x = torch.cat([x, -x[:1000], x[:500] * 1e-3, torch.zeros(7, device=DEV, dtype=dtype)])
+    h = pws.log_histogram(x, mantissa_bits=m)
+    counts, under, over, nan = ref_log_histogram(x, m)
+    np.testing.assert_array_equal(full_log_counts(h, ref_log_num_buckets(m)), counts)
+    assert (h.underflow, h.overflow, h.nan_count) == (under, over, nan)
+    nz = np.flatnonzero(counts)
+    assert h.first == nz[0] and h.counts.size == nz[-1] - nz[0] + 1  # trimmed window
+    assert h == pws.log_histogram(x.cpu(), mantissa_bits=m)
+
+
+def test_float64_beyond_float32_range_goes_to_overflow() -> None:
+    x = torch.tensor([1.0, 1e300, -1e300, 2.0], device=DEV, dtype=torch.float64)
+    h = pws.log_histogram(x, mantissa_bits=3)
+    assert (h.underflow, h.overflow, h.in_range) == (1, 1, 2)
+    assert h == pws.log_histogram(x.cpu(), mantissa_bits=3)
+
+
+def test_quantile_matches_cpu() -> None:
+    x = _data(100_000, torch.float32, seed=11)
+    q = [0.0, 0.01, 0.5, 0.99, 1.0]
+    np.testing.assert_array_equal(pws.quantile(x, q), pws.quantile(x.cpu(), q))
+
+
+# ------------------------------------------------------------------------------ many tensors
+def _param_list() -> list[torch.Tensor]:
+    # > 200 tensors (two launches), mixed dtypes, sizes and layouts, with empties.
+    xs = []
+    for i in range(230):
+        n = [0, 1, 768, 3072, 70_000, 590_000][i % 6]
+        dt = DTYPES[i % 4]
+        x = _data(n, dt, seed=100 + i, specials=i % 5 == 0)
+        if i % 7 == 0 and n >= 768:
+            x = x.reshape(-1, 16).t()
+        xs.append(x)
+    return xs
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"mantissa_bits": 3},
+        {"mantissa_bits": 7},
+        {"bins": 64},
+        {"bins": 64, "range": (0.0, 0.5)},
+    ],
+)
+def test_describe_many_matches_per_tensor_and_total(kw: dict) -> None:
+    xs = _param_list()
+    res, total = pws.describe_many(xs, total=True, **kw)
+    assert len(res) == len(xs) and not total.on_host
+    for x, s in zip(xs, res, strict=True):
+        _assert_same_summary(s, pws.describe(x, **kw))
+    cpu_res, cpu_total = pws.describe_many([x.cpu() for x in xs], total=True, **kw)
+    for s, c in zip(res, cpu_res, strict=True):
+        assert s.count == c.count and s.nan_count == c.nan_count and s.zero_count == c.zero_count
+        assert s.hist == c.hist
+    allx = torch.cat([x.reshape(-1).double() for x in xs])
+    assert_summary_matches(total, ref_moments(allx), "total")
+    assert total.hist == cpu_total.hist  # None for per-tensor uniform ranges, as on the CPU
+
+
+def test_repeated_runs_bit_identical() -> None:
+    xs = [*_param_list()[:40], _data(3_000_000, torch.float32, seed=5)]
+    a = pws.describe_many(xs, mantissa_bits=5)
+    b = pws.describe_many(xs, mantissa_bits=5)
+    for sa, sb in zip(a, b, strict=True):
+        _assert_same_summary(sa, sb)
+    ua = pws.histogram(xs[-1], bins=300)
+    ub = pws.histogram(xs[-1], bins=300)
+    assert ua == ub
+
+
+def test_results_shared_buffer_and_lifetime() -> None:
+    xs = [_data(1000 + i, torch.float32, seed=i) for i in range(4)]
+    res = pws.describe_many(xs)
+    assert all(not s.on_host for s in res)
+    call = res[0]._fetch.call
+    _ = res[2].mean  # one fetch copies every tensor's state ...
+    assert call._res is not None and call._handle is None  # ... and frees the device buffer
+    del xs
+    assert [s.count for s in res] == [1000, 1001, 1002, 1003]
+
+
+class _NotTorch:
+    """A DLPack producer that is not a torch.Tensor (legacy default stream, cudaMallocAsync)."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self._t = t
+        self.shape = tuple(t.shape)
+
+    def __dlpack__(self, stream: int | None = None, **kw: object) -> object:
+        return self._t.__dlpack__(stream=stream)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return self._t.__dlpack_device__()
+
+
+def test_other_dlpack_producer() -> None:
+    x = _data(123_457, torch.float32, seed=21)
+    torch.cuda.synchronize()
+    s = pws.describe(_NotTorch(x), mantissa_bits=3)
+    _assert_same_summary(s, pws.describe(x, mantissa_bits=3))
+    res, total = pws.describe_many([_NotTorch(x), _NotTorch(x[:1000])], total=True)
+    assert total.count == res[0].count + res[1].count
+    del s, res, total
+    gc.collect()  # frees the cudaMallocAsync buffers (stream-ordered)
+    torch.cuda.synchronize()
+
+
+# ------------------------------------------------------------------------------ > 2**31 values
+def test_more_than_2_pow_31_values() -> None:
+    n = (1 << 31) + 17
+    free, _ = torch.cuda.mem_get_info()
+    if free < 3 * n:
+        pytest.skip("needs ~6 GiB of free GPU memory")
+    x = torch.ones(n, dtype=torch.bfloat16, device=DEV)
+    x[:1000] = -2.0
+    x[-17:] = 4.0
+    x[(1 << 31) + 3] = float("nan")
+    s = pws.describe(x, mantissa_bits=2)
+    k = n - 1000 - 17 - 1  # ones
+    assert s.count == n - 1 and s.nan_count == 1 and s.zero_count == 0
+    assert (s.min, s.max) == (-2.0, 4.0)
+    mean = (k - 2000.0 + 68.0) / (n - 1)
+    var = (k * (1 - mean) ** 2 + 1000 * (-2 - mean) ** 2 + 17 * (4 - mean) ** 2) / (n - 1)
+    assert abs(s.mean - mean) <= 1e-6 * np.sqrt(var)
+    assert abs(s.var - var) <= 1e-5 * var
+
+    assert s.l1 == k + 2000.0 + 68.0
+    h = s.hist
+    assert h.total == n - 1 and h.nan_count == 1 and int(h.counts.max()) == k
+    del x
+    torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------ streams, no sync
+def test_side_stream_ordering() -> None:
+    side = torch.cuda.Stream()
+    x = torch.zeros(4_000_000, device=DEV)
+    torch.cuda.synchronize()
+    with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)  # delay the producer: a missing dependency would show
+        x.fill_(3.0)
+        s = pws.describe(x, mantissa_bits=3)
+    assert s.count == 4_000_000 and s.mean == 3.0 and s.min == 3.0  # fetch waits on `side`
+
+
+def test_enqueue_does_not_block_the_host() -> None:
+    xs = _param_list()[:60]
+    assert pws.describe_many(xs, mantissa_bits=3, total=True)[1].count > 0  # warm-up
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    torch.cuda._sleep(400_000_000)  # ~0.2 s of GPU time queued ahead of the engine's work
+    res, total = pws.describe_many(xs, mantissa_bits=3, total=True)
+    t1 = time.perf_counter()
+    torch.cuda.synchronize()
+    t2 = time.perf_counter()
+    assert t1 - t0 < 0.5 * (t2 - t0), (t1 - t0, t2 - t0)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        pws.describe_many(xs, bins=32, range=(0.0, 1.0), total=True)  # no torch-side sync either
+        pws.describe_many(xs, bins=32)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert total.count == sum(s.count for s in res)
+
+
+def test_cuda_graph_capture_and_replay() -> None:
+    xs = [_data(n, torch.float32, seed=n) for n in (5, 3000, 70_000, 200_000)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture (loads the kernels)
+        for _ in range(2):
+            _, wt = pws.describe_many(xs, mantissa_bits=3, total=True)
+            _ = wt.count
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        res, total = pws.describe_many(xs, mantissa_bits=3, total=True)
+    g.replay()
+    with torch.no_grad():
+        for x in xs:
+            x.mul_(-2.0).add_(1.0)  # new values in the captured input buffers
+    g.replay()
+    torch.cuda.synchronize()
+    for x, s in zip(xs, res, strict=True):
+        assert_summary_matches(s, ref_moments(x), "graph replay")
+        counts, under, over, nan = ref_log_histogram(x, 3)
+        np.testing.assert_array_equal(full_log_counts(s.hist, ref_log_num_buckets(3)), counts)
+        assert (s.hist.underflow, s.hist.overflow, s.hist.nan_count) == (under, over, nan)
+    assert total.count == sum(s.count for s in res)
+    assert total.hist == api.merge_all(res).hist
+
+
+# ------------------------------------------------------------------------------ distances
+@pytest.mark.parametrize("metric", range(5))
+def test_pairwise_distances_cuda_matches_cpu(metric: int) -> None:
+    from pyweightstat import _C
+
+    rng = np.random.default_rng(metric)
+    counts = rng.integers(0, 50, size=(37, 300)).astype(np.int64)
+    counts[:, :10] = 0
+    counts[5] = 0  # an empty histogram: NaN row and column
+    counts[7] = counts[3]  # identical rows: distance 0
+    centres = np.linspace(-1.0, 1.0, 300)
+    got = _C.pairwise_distances_cuda(counts, centres, metric, 0)
+    ref = _C.pairwise_distances(counts, centres, metric)
+    np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-15, equal_nan=True)

@@ -1,0 +1,313 @@
+"""WeightTracker: records against direct describe() calls and float64 NumPy, persistence,
+TensorBoard round trip."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from torch import nn
+
+import pyweightstat
+from pyweightstat.stats.reference import ref_log_edges, ref_log_histogram
+from pyweightstat.tracker import STAT_FIELDS, TOTAL_NAME, WeightTracker
+
+M = 3  # mantissa bits used throughout
+
+
+def _mlp(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+
+
+def _train(model: nn.Module, tracker: WeightTracker, steps: int) -> list[dict[str, np.ndarray]]:
+    """SGD steps on random data; returns a float64 snapshot of the weights after each step."""
+    gen = torch.Generator().manual_seed(1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    snaps = []
+    for _ in range(steps):
+        x = torch.randn(8, 6, generator=gen)
+        y = torch.randint(0, 3, (8,), generator=gen)
+        opt.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        tracker.step()
+        snaps.append({n: p.detach().double().numpy().copy() for n, p in model.named_parameters()})
+    return snaps
+
+
+def _dense(counts: np.ndarray, first: int) -> np.ndarray:
+    """Window counts placed on the full universal grid."""
+    full = np.zeros(len(ref_log_edges(M)) - 1, np.int64)
+    full[first : first + len(counts)] = counts
+    return full
+
+
+@pytest.fixture
+def trained() -> tuple[nn.Module, WeightTracker, list[dict[str, np.ndarray]]]:
+    model = _mlp()
+    tracker = WeightTracker(model, every=1, mantissa_bits=M)
+    snaps = _train(model, tracker, 4)
+    return model, tracker, snaps
+
+
+def test_layout(trained) -> None:
+    model, tracker, _ = trained
+    traj = tracker.trajectory()
+    names = [n for n, _ in model.named_parameters()]
+    assert traj["names"] == [*names, TOTAL_NAME]
+    assert traj["stat_fields"] == STAT_FIELDS
+    assert traj["stats"].shape == (4, len(names) + 1, len(STAT_FIELDS))
+    assert traj["stats"].dtype == np.float64
+    np.testing.assert_array_equal(traj["steps"], [1, 2, 3, 4])
+    for key in ("hist_record", "hist_tensor", "hist_bucket", "hist_count"):
+        assert traj[key].dtype == np.int64
+    assert np.all(traj["hist_count"] > 0)
+    assert traj["mantissa_bits"] == M and traj["every"] == 1
+
+
+def test_records_match_describe_and_numpy(trained) -> None:
+    _, tracker, snaps = trained
+    traj = tracker.trajectory()
+    col = {f: i for i, f in enumerate(STAT_FIELDS)}
+    for rec, snap in enumerate(snaps):
+        values = [*snap.values(), np.concatenate([v.ravel() for v in snap.values()])]
+        for t, (name, v) in enumerate(zip(tracker.names, values, strict=True)):
+            row = traj["stats"][rec, t]
+            # the engine on the same float32 values, one tensor at a time
+            direct = pyweightstat.describe(torch.from_numpy(v.astype(np.float32)), mantissa_bits=M)
+            # the total is a merge of per-tensor states, not a single pass: not bit-identical
+            exact = name != TOTAL_NAME
+            for f in STAT_FIELDS:
+                want = getattr(direct, f)
+                if exact or f.endswith("count") or f in ("min", "max", "linf"):
+                    assert row[col[f]] == want, (name, f)
+                else:
+                    scale = abs(want) + (direct.std if f == "mean" else 0.0)
+                    assert abs(row[col[f]] - want) <= 1e-6 * scale + 1e-12, (name, f)
+            hist = tracker.histogram(name, rec)
+            np.testing.assert_array_equal(hist.counts, direct.hist.counts)
+            assert hist.first == direct.hist.first
+            # float64 NumPy/SciPy reference; the engine accumulates float32 input partly in
+            # float32 lanes, so allow a few float32 epsilons relative to the data's scale
+            x = v.ravel()
+            tol = 1e-6
+            assert row[col["count"]] == x.size
+            np.testing.assert_allclose(row[col["mean"]], x.mean(), rtol=0, atol=tol * x.std())
+            np.testing.assert_allclose(row[col["std"]], x.std(), rtol=tol)
+            np.testing.assert_allclose(row[col["var"]], x.var(), rtol=2 * tol)
+            np.testing.assert_allclose(row[col["skew"]], scipy.stats.skew(x), atol=10 * tol)
+            np.testing.assert_allclose(row[col["kurtosis"]], scipy.stats.kurtosis(x), atol=10 * tol)
+            assert row[col["min"]] == x.min() and row[col["max"]] == x.max()
+            np.testing.assert_allclose(row[col["l1"]], np.abs(x).sum(), rtol=tol)
+            np.testing.assert_allclose(row[col["l2"]], np.sqrt((x * x).sum()), rtol=tol)
+            assert row[col["linf"]] == np.abs(x).max()
+            assert row[col["zero_count"]] == np.count_nonzero(x == 0)
+            ref_counts, *_ = ref_log_histogram(x, M)
+            np.testing.assert_array_equal(_dense(hist.counts, hist.first), ref_counts)
+
+
+def test_total_histogram_is_sum_of_tensors(trained) -> None:
+    _, tracker, _ = trained
+    total = tracker.histogram(TOTAL_NAME)
+    parts = [tracker.histogram(n) for n in tracker.names[:-1]]
+    summed = sum(_dense(h.counts, h.first) for h in parts)
+    np.testing.assert_array_equal(_dense(total.counts, total.first), summed)
+
+
+@pytest.mark.parametrize(("every", "initial"), [(1, False), (3, False), (3, True), (4, True)])
+def test_every(every: int, initial: bool) -> None:
+    model = _mlp()
+    tracker = WeightTracker(model, every=every, mantissa_bits=M)
+    if initial:
+        tracker.record()  # the initial weights, step 0
+    taken = []
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    for _ in range(10):
+        model(torch.ones(2, 6)).sum().backward()
+        opt.step()
+        taken.append(tracker.step())
+    expected = [s for s in range(1, 11) if s % every == 0]
+    assert taken == [s % every == 0 for s in range(1, 11)]
+    steps = tracker.trajectory()["steps"].tolist()
+    assert steps == ([0] if initial else []) + expected
+    assert tracker.num_steps == 10 and tracker.num_records == len(steps)
+
+
+def test_deferred_conversion_matches_eager() -> None:
+    eager_model, lazy_model = _mlp(), _mlp()
+    eager = WeightTracker(eager_model, mantissa_bits=M)
+    lazy = WeightTracker(lazy_model, mantissa_bits=M, lazy=True, max_pending=3)
+    _train(eager_model, eager, 5)
+    _train(lazy_model, lazy, 5)
+    assert lazy.num_records == 5
+    a, b = eager.trajectory(), lazy.trajectory()
+    for key, value in a.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, b[key])
+        else:
+            assert value == b[key]
+
+
+def test_save_load_round_trip(trained, tmp_path: Path) -> None:
+    _, tracker, _ = trained
+    path = tracker.save(tmp_path / "run.tracker")  # no suffix added
+    assert path == tmp_path / "run.tracker" and path.is_file()
+    assert not list(tmp_path.glob("*.tmp"))
+    loaded = WeightTracker.load(path)
+    a, b = tracker.trajectory(), loaded.trajectory()
+    assert a.keys() == b.keys()
+    for key, value in a.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, b[key])
+        else:
+            assert value == b[key]
+    assert loaded.num_steps == tracker.num_steps and loaded.model is None
+    for name in tracker.names:
+        h1, h2 = tracker.histogram(name, 2), loaded.histogram(name, 2)
+        np.testing.assert_array_equal(h1.counts, h2.counts)
+        assert h1.first == h2.first
+    np.testing.assert_array_equal(loaded.stat("0.weight", "std"), a["stats"][:, 0, 3])
+    with pytest.raises(RuntimeError, match="no model"):
+        loaded.record()
+
+
+def test_load_rejects_other_files(tmp_path: Path) -> None:
+    path = tmp_path / "other.npz"
+    np.savez(path, format_version=np.int64(99))
+    with pytest.raises(ValueError, match="format version"):
+        WeightTracker.load(path)
+
+
+def test_non_finite_weights() -> None:
+    model = _mlp()
+    with torch.no_grad():
+        model[0].weight[0, :3] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+        model[0].bias.zero_()
+    tracker = WeightTracker(model, mantissa_bits=M)
+    tracker.record()
+    col = {f: i for i, f in enumerate(STAT_FIELDS)}
+    row = tracker.trajectory()["stats"][0, 0]
+    assert row[col["nan_count"]] == 1 and row[col["posinf_count"]] == 1
+    assert row[col["neginf_count"]] == 1 and row[col["count"]] == 30 - 3
+    hist = tracker.histogram("0.weight", 0)
+    assert (hist.nan_count, hist.overflow, hist.underflow) == (1, 1, 1)
+    assert int(np.sum(hist.counts)) == 27
+    bias = tracker.histogram("0.bias", 0)
+    assert tracker.trajectory()["stats"][0, 1, col["zero_count"]] == 5
+    assert int(np.sum(bias.counts)) == 5
+
+
+def test_stat_fields_match_engine() -> None:
+    assert STAT_FIELDS == tuple(pyweightstat.FIELDS)
+
+
+def test_tensorboard_round_trip(trained, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    _, tracker, _ = trained
+    with SummaryWriter(log_dir=str(tmp_path)) as writer:
+        written = tracker.to_tensorboard(writer, tag_prefix="w")
+    assert written == tracker.num_records * len(tracker.names)
+    acc = EventAccumulator(str(tmp_path), size_guidance={"histograms": 0})
+    acc.Reload()
+    assert sorted(acc.Tags()["histograms"]) == sorted(f"w/{n}" for n in tracker.names)
+    traj = tracker.trajectory()
+    col = {f: i for i, f in enumerate(STAT_FIELDS)}
+    edges = ref_log_edges(M)
+    for t, name in enumerate(tracker.names):
+        events = acc.Histograms(f"w/{name}")
+        assert [e.step for e in events] == traj["steps"].tolist()
+        for rec, event in enumerate(events):
+            value = event.histogram_value
+            ours = tracker.histogram(name, rec)
+            counts = np.asarray(ours.counts)
+            np.testing.assert_array_equal(np.asarray(value.bucket), counts)
+            assert sum(value.bucket) == value.num == counts.sum() == traj["stats"][rec, t, 0]
+            limits = np.asarray(value.bucket_limit)
+            np.testing.assert_array_equal(
+                limits, edges[ours.first + 1 : ours.first + 1 + len(counts)]
+            )
+            assert value.min == traj["stats"][rec, t, col["min"]]
+            assert value.max == traj["stats"][rec, t, col["max"]]
+            assert edges[ours.first] <= value.min and value.max <= limits[-1]
+
+
+def test_tensorboard_log_dir(trained, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, tracker, _ = trained
+    assert tracker.to_tensorboard(tmp_path / "tb") == 4 * len(tracker.names)
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"histograms": 0})
+    acc.Reload()
+    assert len(acc.Histograms(f"weights/{TOTAL_NAME}")) == 4
+    with pytest.raises(TypeError, match="writer"):
+        tracker.to_tensorboard(object())
+
+
+def test_tensorboard_missing(trained, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, tracker, _ = trained
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # makes `import tensorboard` fail
+    with pytest.raises(ImportError, match="pip install tensorboard"):
+        tracker.to_tensorboard("unused")
+
+
+def test_parameter_change_detected() -> None:
+    model = _mlp()
+    tracker = WeightTracker(model, mantissa_bits=M)
+    model.extra = nn.Linear(2, 2)
+    with pytest.raises(RuntimeError, match="parameters changed"):
+        tracker.record()
+
+
+def test_argument_errors(trained) -> None:
+    _, tracker, _ = trained
+    with pytest.raises(TypeError, match="model"):
+        WeightTracker("model")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="every"):
+        WeightTracker(_mlp(), every=0)
+    with pytest.raises(TypeError, match="every"):
+        WeightTracker(_mlp(), every=2.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="mantissa_bits"):
+        WeightTracker(_mlp(), mantissa_bits=11)
+    with pytest.raises(ValueError, match="no parameters"):
+        WeightTracker(nn.ReLU())
+    with pytest.raises(KeyError, match="unknown tensor"):
+        tracker.histogram("nope")
+    with pytest.raises(IndexError, match="out of range"):
+        tracker.histogram("0.weight", 4)
+    with pytest.raises(ValueError, match="field"):
+        tracker.stat("0.weight", "median")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and pyweightstat.build_info()["cuda"]),
+    reason="needs a CUDA GPU and a CUDA build of the engine",
+)
+def test_cuda_records_without_sync() -> None:
+    model = _mlp().cuda()
+    tracker = WeightTracker(model, mantissa_bits=M, max_pending=1000)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(8, 6, device="cuda")
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising torch call raises
+    try:
+        for _ in range(3):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+            tracker.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    snaps = {n: p.detach().double().cpu().numpy() for n, p in model.named_parameters()}
+    stats = tracker.trajectory()["stats"]
+    for t, v in enumerate(snaps.values()):
+        np.testing.assert_allclose(stats[-1, t, 1], v.mean(), rtol=1e-9, atol=1e-15)
+        assert stats[-1, t, 6] == v.min() and stats[-1, t, 7] == v.max()
