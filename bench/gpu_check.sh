@@ -58,22 +58,22 @@ build() {
       "$PY" -m pip install --no-build-isolation --no-deps --no-index -v . &&
     cd /tmp && "$PY" -c "import pyweightstat as p; print(p.__file__); print(p.build_info())"
 }
-run_step build 420 bash -c "$(declare -f build); SRC='$SRC' PY='$PY' build"
+run_step build 300 bash -c "$(declare -f build); SRC='$SRC' PY='$PY' build"
 
 # 3. tests (the installed package; -P keeps the source tree's pyweightstat/ off sys.path)
 if step_ok build; then
-  run_step test_cuda 240 "$PY" -P -m pytest -m cuda -q -p no:cacheprovider tests/test_cuda.py \
+  run_step test_cuda 180 "$PY" -P -m pytest -m cuda -q -p no:cacheprovider tests/test_cuda.py \
     --durations=10 --junitxml="$OUT/test_cuda.xml"
   cpu_tests=()
   for f in tests/test_moments.py tests/test_histogram.py; do [ -f "$f" ] && cpu_tests+=("$f"); done
   if [ ${#cpu_tests[@]} -gt 0 ]; then
-    run_step test_cpu 180 "$PY" -P -m pytest -q -x -p no:cacheprovider -m "not slow" \
+    run_step test_cpu 120 "$PY" -P -m pytest -q -x -p no:cacheprovider -m "not slow" \
       "${cpu_tests[@]}"
   fi
   # 4. benchmark (writes JSON + Markdown)
   if [ -f bench/bench_stats.py ]; then
     mkdir -p "$OUT/bench_results"
-    run_step bench 300 "$PY" bench/bench_stats.py --device cuda --out "$OUT/bench_results"
+    run_step bench 240 "$PY" bench/bench_stats.py --device cuda --out "$OUT/bench_results"
   fi
 else
   echo "build failed: tests and benchmark skipped" | tee "$OUT/skipped.txt"

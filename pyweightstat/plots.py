@@ -247,7 +247,9 @@ def stat_vs_accuracy(
         ax.set_xlabel("test accuracy", fontsize=8)
         ax.set_ylabel(s, fontsize=8)
         ax.tick_params(labelsize=7)
-    axes[0, 0].legend(fontsize=6, ncol=1)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=7)
+    fig.subplots_adjust(left=0.06, right=0.86, bottom=0.16, top=0.95, wspace=0.35)
     return _save(fig, path)
 
 

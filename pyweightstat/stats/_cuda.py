@@ -156,9 +156,20 @@ def _edge_request(
     return _EDGES_EXPLICIT, 0.0, 1.0, np.stack(arrs), arrs
 
 
+# DLPack's stream -1 ("no synchronisation") skips torch's per-tensor stream bookkeeping; it is
+# exact here because the kernels run on the very stream torch considers current. Torch versions
+# that reject it get the current stream's handle instead.
+_torch_accepts_no_sync = [True]
+
+
 def _export_torch(x: Any, stream: int) -> Any:
     if x.dim() > _MAX_STRIDED_DIMS and not x.is_contiguous():
         x = x.contiguous()  # on the current stream, ordered before the kernels
+    if _torch_accepts_no_sync[0]:
+        try:
+            return x.__dlpack__(stream=-1)
+        except (AssertionError, BufferError, RuntimeError, TypeError, ValueError):
+            _torch_accepts_no_sync[0] = False
     return x.__dlpack__(stream=stream)
 
 
