@@ -10,7 +10,8 @@
 #   2. build + install for sm_90       -> $OUT/build.log   (pip --no-build-isolation, timed)
 #   3. pytest -m cuda tests/test_cuda.py, then a CPU sanity subset
 #   4. bench/bench_stats.py --device cuda -> $OUT/bench_results/ (JSON + Markdown)
-#   5. $OUT/gpu_check.json: step statuses and times, GPU, driver, torch and CUDA versions
+#   5. pyweightstat-run on the smoke preset with --device cuda (MNIST from .carry/data)
+#   6. $OUT/gpu_check.json: step statuses and times, GPU, driver, torch and CUDA versions
 # Everything together is meant to take well under 8 minutes on an H100.
 set -u
 set -o pipefail
@@ -62,7 +63,7 @@ run_step build 300 bash -c "$(declare -f build); SRC='$SRC' PY='$PY' build"
 
 # 3. tests (the installed package; -P keeps the source tree's pyweightstat/ off sys.path)
 if step_ok build; then
-  run_step test_cuda 180 "$PY" -P -m pytest -m cuda -q -p no:cacheprovider tests/test_cuda.py \
+  run_step test_cuda 180 "$PY" -P -m pytest -m cuda -q -p no:cacheprovider tests \
     --durations=10 --junitxml="$OUT/test_cuda.xml"
   cpu_tests=()
   for f in tests/test_moments.py tests/test_histogram.py; do [ -f "$f" ] && cpu_tests+=("$f"); done
@@ -75,11 +76,17 @@ if step_ok build; then
     mkdir -p "$OUT/bench_results"
     run_step bench 240 "$PY" bench/bench_stats.py --device cuda --out "$OUT/bench_results"
   fi
+  # 5. the study's main command on the GPU (smoke preset, MNIST carried in .carry/data)
+  if [ -d .carry/data/mnist ]; then
+    run_step study_smoke 120 "$PY" -P -m pyweightstat.cli --datasets mnist --families dnn,cnn,vit \
+      --preset smoke --device cuda --out /tmp/pws_study_smoke --data-dir .carry/data
+    cp /tmp/pws_study_smoke/report.md "$OUT/study_smoke_report.md" 2>/dev/null || true
+  fi
 else
   echo "build failed: tests and benchmark skipped" | tee "$OUT/skipped.txt"
 fi
 
-# 5. summary
+# 6. summary
 "$PY" -P - "$OUT" "$STATUS_FILE" <<'PYEOF' | tee "$OUT/summary.txt"
 import json, platform, subprocess, sys, datetime
 out, status_file = sys.argv[1], sys.argv[2]
@@ -115,3 +122,14 @@ print(f"{'step':<12} {'status':<8} {'seconds':>8}")
 for s in steps:
     print(f"{s['step']:<12} {'ok' if s['ok'] else 'FAIL ' + str(s['rc']):<8} {s['seconds']:>8.1f}")
 PYEOF
+
+# The device tool brings back at most 8 files: pack the logs into one archive and keep the
+# summary, the JSON and the benchmark's own JSON/Markdown beside it.
+(
+  cd "$OUT" &&
+    tar -czf logs.tar.gz --exclude=logs.tar.gz --exclude=gpu_check.json --exclude=summary.txt \
+      --exclude=bench_results . &&
+    find . -maxdepth 1 -type f ! -name logs.tar.gz ! -name gpu_check.json ! -name summary.txt \
+      -delete
+)
+ls -la "$OUT" "$OUT/bench_results" 2>/dev/null
