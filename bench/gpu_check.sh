@@ -127,9 +127,9 @@ PYEOF
 # summary, the JSON and the benchmark's own JSON/Markdown beside it.
 (
   cd "$OUT" &&
-    tar -czf logs.tar.gz --exclude=logs.tar.gz --exclude=gpu_check.json --exclude=summary.txt \
+    tar -czf /tmp/pws_logs.tar.gz --exclude=gpu_check.json --exclude=summary.txt \
       --exclude=bench_results . &&
-    find . -maxdepth 1 -type f ! -name logs.tar.gz ! -name gpu_check.json ! -name summary.txt \
-      -delete
+    find . -maxdepth 1 -type f ! -name gpu_check.json ! -name summary.txt -delete &&
+    mv /tmp/pws_logs.tar.gz logs.tar.gz
 )
 ls -la "$OUT" "$OUT/bench_results" 2>/dev/null

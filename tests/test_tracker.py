@@ -4,6 +4,7 @@ TensorBoard round trip."""
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -297,8 +298,10 @@ def test_cuda_records_without_sync() -> None:
     tracker = WeightTracker(model, mantissa_bits=M, max_pending=1000)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x = torch.randn(8, 6, device="cuda")
-    torch.cuda.set_sync_debug_mode("error")  # any synchronising torch call raises
     try:
+        with warnings.catch_warnings():  # torch warns that the debug mode is a prototype
+            warnings.simplefilter("ignore", UserWarning)
+            torch.cuda.set_sync_debug_mode("error")  # any synchronising torch call raises
         for _ in range(3):
             opt.zero_grad()
             model(x).square().mean().backward()

@@ -82,6 +82,16 @@ class Histogram:
                     f"edges must have len(counts) + 1 = {self.counts.size + 1} values; "
                     f"got {self._edges.size}"
                 )
+            e = self._edges
+            even = np.linspace(e[0], e[-1], e.size)
+            width = (e[-1] - e[0]) / max(self.counts.size, 1)
+            if not (np.all(np.isfinite(e)) and e[-1] > e[0]) or np.any(
+                np.abs(e - even) > 1e-3 * width
+            ):
+                raise ValueError(
+                    "edges of a uniform histogram must be finite, increasing and equally spaced "
+                    "(as np.linspace(lo, hi, bins + 1) makes them)"
+                )
 
     # ------------------------------------------------------------------ basic properties
     @property
