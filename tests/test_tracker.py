@@ -312,5 +312,6 @@ def test_cuda_records_without_sync() -> None:
     snaps = {n: p.detach().double().cpu().numpy() for n, p in model.named_parameters()}
     stats = tracker.trajectory()["stats"]
     for t, v in enumerate(snaps.values()):
-        np.testing.assert_allclose(stats[-1, t, 1], v.mean(), rtol=1e-9, atol=1e-15)
+        # the SPEC bound for the mean (float32 partial sums on the GPU): 1e-6 standard deviations
+        assert abs(stats[-1, t, 1] - v.mean()) <= 1e-6 * v.std()
         assert stats[-1, t, 6] == v.min() and stats[-1, t, 7] == v.max()

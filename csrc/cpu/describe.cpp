@@ -438,6 +438,11 @@ MomentState process_chunk(const FlatView& f, int64_t start, int64_t count, Sink&
     const CT* x;
     if (direct) {
       x = reinterpret_cast<const CT*>(f.base) + g;
+    } else if (f.contiguous()) {  // 16-bit formats: a unit-stride conversion loop that vectorises
+      const T* __restrict src = reinterpret_cast<const T*>(f.base) + g;
+      CT* __restrict dst = buf.data();
+      for (int64_t i = 0; i < len; ++i) dst[i] = Load<T>::get(src + i);
+      x = buf.data();
     } else {
       gather<T, CT>(f, g, len, buf.data(), [](const T* p) { return Load<T>::get(p); });
       x = buf.data();
