@@ -610,11 +610,16 @@ std::vector<DescribeOutput> describe(const std::vector<TensorView>& views, bool 
     if (views[t].numel == 0) continue;
     (views[t].numel >= kParallelMinValues ? large : small).push_back(t);
   }
-  // Small tensors: one thread each. Large tensors: all threads on one tensor at a time.
+  // Small tensors: one thread each. Large tensors: all threads on one tensor at a time. A call
+  // with little work in total runs on the calling thread alone: waking the OpenMP team costs
+  // more than the work, and its spinning threads compete with the caller's (e.g. torch's).
+  int64_t total = 0;
+  for (const TensorView& v : views) total += v.numel;
+  const bool serial = total < kParallelMinTotal;
   const int64_t nsmall = static_cast<int64_t>(small.size());
-#pragma omp parallel for schedule(dynamic, 1) if (nsmall > 1)
+#pragma omp parallel for schedule(dynamic, 1) if (nsmall > 1 && !serial)
   for (int64_t k = 0; k < nsmall; ++k) run_tensor(job, small[static_cast<size_t>(k)], false);
-  for (size_t t : large) run_tensor(job, t, true);
+  for (size_t t : large) run_tensor(job, t, !serial);
   return out;
 }
 
