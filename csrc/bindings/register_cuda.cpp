@@ -21,6 +21,7 @@
 #include "pws/hist_layout.h"
 #include "pws/moment_state.h"
 #include "register.h"
+#include "state_rows.h"
 
 namespace py = pybind11;
 
@@ -80,30 +81,6 @@ class DeviceBuffer {
   py::object keep_;
 };
 
-py::tuple state_rows(const std::vector<MomentState>& st) {
-  const py::ssize_t p = static_cast<py::ssize_t>(st.size());
-  py::array_t<double> f({p, py::ssize_t(8)});
-  py::array_t<int64_t> n({p, py::ssize_t(5)});
-  auto fr = f.mutable_unchecked<2>();
-  auto nr = n.mutable_unchecked<2>();
-  for (py::ssize_t i = 0; i < p; ++i) {
-    const MomentState& s = st[static_cast<size_t>(i)];
-    fr(i, 0) = s.mean;
-    fr(i, 1) = s.m2;
-    fr(i, 2) = s.m3;
-    fr(i, 3) = s.m4;
-    fr(i, 4) = s.min;
-    fr(i, 5) = s.max;
-    fr(i, 6) = s.sum_abs;
-    fr(i, 7) = s.sum_sq;
-    nr(i, 0) = s.n;
-    nr(i, 1) = s.nan;
-    nr(i, 2) = s.posinf;
-    nr(i, 3) = s.neginf;
-    nr(i, 4) = s.zero;
-  }
-  return py::make_tuple(f, n);
-}
 
 class CudaResult {
  public:

@@ -10,6 +10,7 @@
 #include "dlpack_view.h"
 #include "pws/hist_layout.h"
 #include "register.h"
+#include "state_rows.h"
 
 namespace py = pybind11;
 
@@ -18,31 +19,16 @@ namespace {
 
 // Pack the per-tensor results as (float64 (P, 8), int64 (P, 5), list of histogram tuples|None).
 py::tuple pack(const std::vector<cpu::DescribeOutput>& res, cpu::HistKind kind) {
-  const py::ssize_t p = static_cast<py::ssize_t>(res.size());
-  py::array_t<double> f({p, py::ssize_t(8)});
-  py::array_t<int64_t> n({p, py::ssize_t(5)});
-  auto fr = f.mutable_unchecked<2>();
-  auto nr = n.mutable_unchecked<2>();
+  std::vector<MomentState> states;
+  states.reserve(res.size());
+  for (const cpu::DescribeOutput& r : res) states.push_back(r.state);
+  py::tuple rows = state_rows(states);
   py::list hists;
-  for (py::ssize_t i = 0; i < p; ++i) {
-    const MomentState& s = res[static_cast<size_t>(i)].state;
-    fr(i, 0) = s.mean;
-    fr(i, 1) = s.m2;
-    fr(i, 2) = s.m3;
-    fr(i, 3) = s.m4;
-    fr(i, 4) = s.min;
-    fr(i, 5) = s.max;
-    fr(i, 6) = s.sum_abs;
-    fr(i, 7) = s.sum_sq;
-    nr(i, 0) = s.n;
-    nr(i, 1) = s.nan;
-    nr(i, 2) = s.posinf;
-    nr(i, 3) = s.neginf;
-    nr(i, 4) = s.zero;
+  for (size_t i = 0; i < res.size(); ++i) {
     if (kind == cpu::HistKind::None) {
       hists.append(py::none());
     } else {
-      const cpu::HistOutput& h = res[static_cast<size_t>(i)].hist;
+      const cpu::HistOutput& h = res[i].hist;
       py::array_t<int64_t> counts(static_cast<py::ssize_t>(h.counts.size()));
       if (!h.counts.empty()) {
         std::memcpy(counts.mutable_data(), h.counts.data(), h.counts.size() * sizeof(int64_t));
@@ -50,7 +36,7 @@ py::tuple pack(const std::vector<cpu::DescribeOutput>& res, cpu::HistKind kind) 
       hists.append(py::make_tuple(h.first, counts, h.underflow, h.overflow, h.nan));
     }
   }
-  return py::make_tuple(f, n, hists);
+  return py::make_tuple(rows[0], rows[1], hists);
 }
 
 py::tuple describe_cpu(const py::list& caps, const std::vector<std::string>& names, bool moments,
@@ -97,20 +83,10 @@ py::tuple merge_states(const py::array_t<double, py::array::c_style | py::array:
   if (fa.size() != 8 || fb.size() != 8 || na.size() != 5 || nb.size() != 5) {
     throw py::value_error("merge_states: expected float64 (8,) and int64 (5,) states");
   }
-  auto unpack = [](const double* f, const int64_t* n) {
-    MomentState s;
-    s.mean = f[0]; s.m2 = f[1]; s.m3 = f[2]; s.m4 = f[3];
-    s.min = f[4]; s.max = f[5]; s.sum_abs = f[6]; s.sum_sq = f[7];
-    s.n = n[0]; s.nan = n[1]; s.posinf = n[2]; s.neginf = n[3]; s.zero = n[4];
-    return s;
-  };
-  MomentState a = unpack(fa.data(), na.data());
-  moment_merge(a, unpack(fb.data(), nb.data()));
-  std::vector<cpu::DescribeOutput> one(1);
-  one[0].state = a;
-  py::tuple packed = pack(one, cpu::HistKind::None);
-  return py::make_tuple(packed[0].cast<py::array_t<double>>()[py::int_(0)],
-                        packed[1].cast<py::array_t<int64_t>>()[py::int_(0)]);
+  MomentState a = row_to_state(fa.data(), na.data());
+  moment_merge(a, row_to_state(fb.data(), nb.data()));
+  py::tuple packed = state_rows({a});
+  return py::make_tuple(packed[0].attr("__getitem__")(0), packed[1].attr("__getitem__")(0));
 }
 
 }  // namespace

@@ -36,26 +36,12 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from .stats.summary import FIELDS
+
 __all__ = ["STAT_FIELDS", "TOTAL_NAME", "WeightTracker"]
 
-#: Order of the statistics along the last axis of ``trajectory()["stats"]``.
-STAT_FIELDS: tuple[str, ...] = (
-    "count",
-    "mean",
-    "var",
-    "std",
-    "skew",
-    "kurtosis",
-    "min",
-    "max",
-    "l1",
-    "l2",
-    "linf",
-    "nan_count",
-    "posinf_count",
-    "neginf_count",
-    "zero_count",
-)
+#: Order of the statistics along the last axis of ``trajectory()["stats"]`` (= Summary's FIELDS).
+STAT_FIELDS: tuple[str, ...] = FIELDS
 
 #: Name of the whole-model entry (last in ``names``).
 TOTAL_NAME = "__total__"
