@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "cuda_check.cuh"
 #include "describe_cuda.h"
 #include "pws/dtype.h"
 #include "pws/hist_layout.h"
@@ -25,24 +26,6 @@
 
 namespace pws::cuda {
 namespace {
-
-// ---------------------------------------------------------------- errors
-[[noreturn]] void fail(const char* what, cudaError_t err) {
-  throw std::runtime_error(std::string("pyweightstat: CUDA error in ") + what + ": " +
-                           cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
-}
-
-#define PWS_CUDA_CHECK(call)                    \
-  do {                                          \
-    const cudaError_t pws_err_ = (call);        \
-    if (pws_err_ != cudaSuccess) fail(#call, pws_err_); \
-  } while (0)
-
-#define PWS_CUDA_CHECK_LAUNCH(name)                   \
-  do {                                                \
-    const cudaError_t pws_err_ = cudaGetLastError();  \
-    if (pws_err_ != cudaSuccess) fail(name, pws_err_); \
-  } while (0)
 
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kWarps = kThreads / 32;

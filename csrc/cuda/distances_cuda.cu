@@ -8,21 +8,11 @@
 #include <stdexcept>
 #include <string>
 
+#include "cuda_check.cuh"
 #include "distances_cuda.h"
 
 namespace pws::cuda {
 namespace {
-
-[[noreturn]] void fail(const char* what, cudaError_t err) {
-  throw std::runtime_error(std::string("pyweightstat: CUDA error in ") + what + ": " +
-                           cudaGetErrorName(err) + " (" + cudaGetErrorString(err) + ")");
-}
-
-#define PWS_CUDA_CHECK(call)                            \
-  do {                                                  \
-    const cudaError_t pws_err_ = (call);                \
-    if (pws_err_ != cudaSuccess) fail(#call, pws_err_); \
-  } while (0)
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
