@@ -703,14 +703,114 @@ def bench_many(
         )
         frac = tm_track.seconds / tm_step.seconds
         info.update(
-            train_step_s=tm_step.seconds, tracking_s=tm_track.seconds, tracking_fraction=frac
+            train_step_s=tm_step.seconds,
+            describe_many_params_s=tm_track.seconds,
+            describe_many_fraction=frac,
         )
         log(
             f"  ViT-B/16 step (bs 32, bf16 autocast) {1e3 * tm_step.seconds:.1f} ms; "
-            f"tracking {100 * frac:.2f} % of a step"
+            f"describe_many(model.parameters()) {100 * frac:.2f} % of a step"
         )
+        info.update(bench_tracker(model, step, tm_step.seconds, device, log))
         del model, opt
     return info
+
+
+def bench_tracker(
+    model: torch.nn.Module, step: Callable[[], None], step_s: float, device: str, log: Callable
+) -> dict[str, Any]:
+    """Per-step cost of ``WeightTracker`` (every=1, m=3) in a training loop of ``model``.
+
+    Three measurements:
+
+    * ``tracker_gpu_s``: device time of one record. A ~10 ms sleep kernel is queued first so
+      that the host is ahead and the events time only the GPU work (CUDA only);
+    * ``tracker_host_s``: host time of one ``record()`` call (no synchronisation);
+    * ``tracker_ab_fraction``: A/B training loops of ``k`` steps with and without
+      ``tracker.step()`` (one tracker with ``max_pending = k``, so each tracked round includes
+      the bulk conversion of its ``k`` records), interleaved; the median over rounds of
+      (tracked - plain) / plain. This is the target's number: what tracking adds to a step.
+    """
+    from pyweightstat import WeightTracker
+
+    out: dict[str, Any] = {}
+    tracker = WeightTracker(model, mantissa_bits=3, max_pending=10**9)
+    for _ in range(3):
+        tracker.record()  # builds the plan, warms the allocator
+    host = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        tracker.record()
+        host.append(time.perf_counter() - t0)
+    out["tracker_host_s"] = statistics.median(host)
+    if device == "cuda":
+        gpu = []
+        for _ in range(20):
+            torch.cuda.synchronize()
+            torch.cuda._sleep(20_000_000)
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            tracker.record()
+            end.record()
+            end.synchronize()
+            gpu.append(start.elapsed_time(end) / 1e3)
+        out["tracker_gpu_s"] = statistics.median(gpu)
+    t0 = time.perf_counter()
+    n_pending = len(tracker._pending)
+    tracker.trajectory()  # bulk conversion of everything pending
+    out["tracker_convert_per_record_s"] = (time.perf_counter() - t0) / max(1, n_pending)
+    del tracker
+
+    def sync() -> None:
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    k = 20 if device == "cuda" else 5
+    rounds = 5 if device == "cuda" else 3
+    fracs, plain_s, tracked_s = [], [], []
+    tracked = WeightTracker(model, mantissa_bits=3, max_pending=k)
+    tracked.record()  # builds the plan outside the timed loops
+    tracked.trajectory()
+    for _ in range(rounds):
+        times = {}
+        for arm in ("plain", "tracked"):
+            tr = tracked if arm == "tracked" else None
+            before = tracked.num_records
+            step()
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(k):
+                step()
+                if tr is not None:
+                    tr.step()
+            sync()
+            times[arm] = (time.perf_counter() - t0) / k
+            if tr is not None:
+                assert tr.num_records == before + k and not tr._pending
+        plain_s.append(times["plain"])
+        tracked_s.append(times["tracked"])
+        fracs.append((times["tracked"] - times["plain"]) / times["plain"])
+    out.update(
+        tracker_ab_fraction=statistics.median(fracs),
+        tracker_ab_fractions=fracs,
+        tracker_ab_plain_s=statistics.median(plain_s),
+        tracker_ab_tracked_s=statistics.median(tracked_s),
+        tracker_ab_steps=k,
+        tracker_ab_rounds=rounds,
+    )
+    gpu_txt = (
+        f"GPU {1e3 * out['tracker_gpu_s']:.3f} ms ({100 * out['tracker_gpu_s'] / step_s:.2f} %), "
+        if "tracker_gpu_s" in out
+        else ""
+    )
+    log(
+        f"  WeightTracker.record(): {gpu_txt}host {1e3 * out['tracker_host_s']:.3f} ms, "
+        f"bulk conversion {1e3 * out['tracker_convert_per_record_s']:.3f} ms per record; "
+        f"A/B over {rounds} x {k} steps: +{100 * out['tracker_ab_fraction']:.2f} % per step "
+        f"({[round(100 * f, 2) for f in fracs]})"
+    )
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -817,9 +917,47 @@ def main(argv: list[str] | None = None) -> int:
             f"- {k}: {v:.2f}" if isinstance(v, float) else f"- {k}: {v}" for k, v in targets.items()
         )
     )
-    if "tracking_fraction" in many:
-        frac = many["tracking_fraction"]
-        md += f"\n- ViT-B/16 per-step tracking cost: {100 * frac:.2f} % of a step"
+    if device == "cuda":
+        copy = {
+            r.dtype: r.gbps
+            for r in rows
+            if r.op == "device copy (ceiling)" and r.n == largest.get(r.dtype)
+        }
+        for r in rows:
+            if (
+                r.section == "single tensor"
+                and r.impl == "pyweightstat"
+                and r.op == "moments (Summary)"
+                and r.n == largest.get(r.dtype)
+                and copy.get(r.dtype)
+            ):
+                key = f"{r.dtype} {_fmt_n(r.n)} fused pass vs copy bandwidth (target >= 80 %)"
+                targets[key] = r.gbps / copy[r.dtype]
+                md += f"\n- {key}: {100 * targets[key]:.1f} %"
+    if "describe_many_fraction" in many:
+        frac = many["describe_many_fraction"]
+        md += (
+            f"\n- ViT-B/16 describe_many(model.parameters(), m=3) timed with events: "
+            f"{100 * frac:.2f} % of a step (host-bound: includes the per-tensor Python work)"
+        )
+    if "tracker_ab_fraction" in many:
+        ab = many["tracker_ab_fraction"]
+        targets["ViT-B/16 per-step tracking, A/B (target <= 1 %)"] = ab
+        md += (
+            f"\n- ViT-B/16 per-step tracking (WeightTracker every step, m=3), A/B: "
+            f"{100 * ab:+.2f} % of a step (rounds: "
+            f"{', '.join(f'{100 * f:+.2f}' for f in many['tracker_ab_fractions'])} %)"
+        )
+        if "tracker_gpu_s" in many:
+            md += (
+                f"\n- its GPU time per record: {1e3 * many['tracker_gpu_s']:.3f} ms = "
+                f"{100 * many['tracker_gpu_s'] / many['train_step_s']:.2f} % of a "
+                f"{1e3 * many['train_step_s']:.1f} ms step"
+            )
+        md += (
+            f"\n- its host time per record: {1e3 * many['tracker_host_s']:.3f} ms (enqueue), "
+            f"{1e3 * many['tracker_convert_per_record_s']:.3f} ms (bulk conversion)"
+        )
     print()
     print(md)
     if not args.no_save:

@@ -400,3 +400,153 @@ def test_pairwise_distances_cuda_matches_cpu(metric: int) -> None:
     got = _C.pairwise_distances_cuda(counts, centres, metric, 0)
     ref = _C.pairwise_distances(counts, centres, metric)
     np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-15, equal_nan=True)
+
+
+# ------------------------------------------------------------------------------ scale extremes
+@pytest.mark.parametrize(
+    ("scale", "offset"),
+    [(1e-30, 0.0), (1e-15, 0.0), (1e15, 0.0), (1e30, 0.0), (1e-20, 1e-15), (1e25, 1e30)],
+)
+def test_tiny_and_huge_scales_match_reference(scale: float, offset: float) -> None:
+    # float32 powers of (x - shift) would underflow or overflow without the warp's scale.
+    g = torch.Generator(device=DEV).manual_seed(11)
+    base = torch.randn(1_000_003, generator=g, device=DEV, dtype=torch.float64)
+    x = (offset + scale * base).to(torch.float32)
+    assert_summary_matches(pws.describe(x), ref_moments(x), f"{offset} + {scale} N(0,1)")
+
+
+def test_regime_jump_inside_a_chunk_matches_reference() -> None:
+    # One warp sees 1e-10-scale values first and 1e3-scale values later: d**4 overflows float32
+    # for the later groups, which then go through the float64 path.
+    g = torch.Generator(device=DEV).manual_seed(12)
+    z = torch.randn(1 << 16, generator=g, device=DEV, dtype=torch.float64)
+    x = torch.cat([1e-10 * z[: 1 << 12], 1e3 * z[1 << 12 :]]).to(torch.float32)
+    assert_summary_matches(pws.describe(x), ref_moments(x), "regime jump")
+
+
+# ------------------------------------------------------------------------------ plans
+def _plan_inputs() -> list[torch.Tensor]:
+    return [
+        _data(1_000_003, torch.float32),
+        _data(70_000, torch.bfloat16, 1),
+        _data(5000, torch.float16, 2),
+        _data(3000, torch.float64, 3),
+        _data(40_000, torch.float32, 4)[1:],  # not 16-byte aligned
+        _data(64 * 33, torch.float32, 5).view(64, 33).t(),  # strided
+        torch.empty(0, device=DEV),
+        _data(3, torch.float32, 6, specials=False),
+    ]
+
+
+def test_plan_and_fetch_many_match_describe_many() -> None:
+    from pyweightstat.stats import _cuda
+    from pyweightstat.stats.summary import FIELDS, fields_from_states
+
+    xs = _plan_inputs()
+    plan = _cuda.Plan(xs, 3)
+    assert plan.matches(xs) and not plan.matches(xs[:-1])
+    results = [plan.launch() for _ in range(3)]
+    f, n, first, length, flows, counts = _cuda.fetch_many(results)
+    summaries, total = pws.describe_many(xs, total=True, mantissa_bits=3)
+    expected = [*summaries, total]
+    assert f.shape == (3, len(xs) + 1, 8) and n.shape == (3, len(xs) + 1, 5)
+    fields = fields_from_states(f, n)
+    off = 0
+    for r in range(3):
+        for t, s in enumerate(expected):
+            fs, ns = _state(s)
+            assert f[r, t].tobytes() == fs.tobytes(), (r, t)
+            np.testing.assert_array_equal(n[r, t], ns)
+            got = [float(v) for v in fields[r, t]]
+            want = [float(getattr(s, k)) for k in FIELDS]
+            np.testing.assert_array_equal(got, want)
+            h = s.hist
+            window = counts[off : off + length[r, t]]
+            off += int(length[r, t])
+            np.testing.assert_array_equal(window, np.asarray(h.counts))
+            if len(window):
+                assert first[r, t] == h.first
+            assert tuple(flows[r, t]) == (h.underflow, h.overflow, h.nan_count)
+    assert off == len(counts)
+
+
+def test_plan_refuses_inputs_it_cannot_follow() -> None:
+    from pyweightstat.stats import _cuda
+
+    with pytest.raises(ValueError, match="CUDA torch tensors"):
+        _cuda.Plan([torch.zeros(3)], 3)
+    with pytest.raises(TypeError, match="dtype"):
+        _cuda.Plan([torch.zeros(3, dtype=torch.int32, device=DEV)], 3)
+
+
+def test_fetch_many_waits_only_for_its_own_work() -> None:
+    from pyweightstat.stats import _cuda
+
+    x = _data(1 << 20, torch.float32)
+    plan = _cuda.Plan([x], 3)
+    res = plan.launch()
+    torch.cuda._sleep(int(2e9))  # about a second of GPU time queued after the result's work
+    _, n, *_ = _cuda.fetch_many([res])
+    still_running = not torch.cuda.current_stream().query()
+    torch.cuda.synchronize()
+    assert still_running, "fetch_many waited for work queued after its results"
+    assert int(n[0, 0, 0]) == pws.describe(x).count
+
+
+def _field_tolerances(ref: np.ndarray) -> np.ndarray:
+    """Per-field absolute tolerances (FIELDS order) for GPU vs CPU engine stats of one tensor."""
+    from pyweightstat.stats.summary import FIELDS
+
+    std = abs(ref[FIELDS.index("std")])
+    tol = {
+        "mean": 1e-6 * std,
+        "var": 1e-5 * abs(ref[FIELDS.index("var")]),
+        "std": 1e-5 * std,
+        "skew": 1e-4,
+        "kurtosis": 1e-3,
+        "l1": 1e-6 * abs(ref[FIELDS.index("l1")]),
+        "l2": 1e-6 * abs(ref[FIELDS.index("l2")]),
+    }
+    return np.array([tol.get(k, 0.0) for k in FIELDS])
+
+
+def test_tracker_on_cuda_matches_cpu_tracker() -> None:
+    import copy
+
+    from pyweightstat import WeightTracker
+
+    torch.manual_seed(0)
+    cpu = torch.nn.Sequential(torch.nn.Linear(20, 300), torch.nn.ReLU(), torch.nn.Linear(300, 5))
+    gpu = copy.deepcopy(cpu).to(DEV)
+    tc = WeightTracker(cpu, mantissa_bits=3)
+    tg = WeightTracker(gpu, mantissa_bits=3, max_pending=2)  # several bulk conversions
+    for step in range(5):
+        with torch.no_grad():  # elementwise IEEE ops: identical values on both devices
+            for model in (cpu, gpu):
+                for p in model.parameters():
+                    p.mul_(1.1).add_(0.01)
+        if step == 2:  # move a parameter's storage: the plan must be rebuilt
+            gpu[0].weight.data = gpu[0].weight.data.clone()
+        tc.step()
+        tg.step()
+    assert tg._plan is not None
+    a, b = tc.trajectory(), tg.trajectory()
+    np.testing.assert_array_equal(a["steps"], b["steps"])
+    for key in ("hist_record", "hist_tensor", "hist_bucket", "hist_count", "hist_flows"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    for r in range(len(a["steps"])):
+        for t in range(len(a["names"])):
+            ref, got = a["stats"][r, t], b["stats"][r, t]
+            assert np.all(np.abs(got - ref) <= _field_tolerances(ref)), (r, t, ref, got)
+
+
+def test_tracker_detects_replaced_parameters() -> None:
+    from pyweightstat import WeightTracker
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4)).to(DEV)
+    tracker = WeightTracker(model, max_pending=100)
+    tracker.record()
+    model[0] = torch.nn.Linear(4, 4).to(DEV)  # same names, new parameter objects
+    tracker.record()
+    with pytest.raises(RuntimeError, match="replaced"):
+        tracker.trajectory()

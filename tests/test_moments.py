@@ -371,3 +371,25 @@ def test_more_than_2_pow_31_elements() -> None:
     assert s.l2 == pytest.approx(math.sqrt(ones + 4.0 * 17 + 9.0), rel=1e-12)
     h = pws.histogram(t, bins=5, range=(-3.0, 2.0))
     np.testing.assert_array_equal(h.counts, [1, 0, 0, 4, ones + 17])
+
+
+def test_fields_from_states_equal_summary_properties() -> None:
+    from pyweightstat.stats.summary import FIELDS, fields_from_states
+
+    rng = np.random.default_rng(3)
+    xs = [
+        rng.normal(size=1000),
+        np.array([], dtype=np.float64),
+        np.array([np.nan, np.inf, -np.inf]),
+        np.array([2.5, 2.5, 2.5]),
+        np.array([1.0, -np.inf, 0.0, -0.0]),
+        rng.standard_cauchy(77).astype(np.float32),
+    ]
+    summaries = [pws.describe(x) for x in xs]
+    f = np.stack([s._state()[0] for s in summaries])
+    n = np.stack([s._state()[1] for s in summaries])
+    got = fields_from_states(f.reshape(2, 3, 8), n.reshape(2, 3, 5)).reshape(len(xs), -1)
+    want = np.array([[getattr(s, k) for k in FIELDS] for s in summaries], dtype=np.float64)
+    np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="states"):
+        fields_from_states(f[:, :7], n)

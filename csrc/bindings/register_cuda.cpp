@@ -8,6 +8,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -86,8 +87,33 @@ class CudaResult {
  public:
   CudaResult(int device, void* stream, cu::Request req, cu::Layout layout)
       : device_(device), stream_(stream), req_(req), layout_(layout) {}
+  CudaResult(const CudaResult&) = delete;
+  CudaResult& operator=(const CudaResult&) = delete;
+  ~CudaResult() { cu::event_destroy_noexcept(event_); }
 
   DeviceBuffer& buffer() { return buf_; }
+
+  // Record (again) the event that marks the end of the work enqueued so far. Device set.
+  void mark_enqueued() {
+    if (event_ == nullptr) event_ = cu::event_create();
+    cu::event_record(event_, stream_);
+  }
+
+  // Wait for the enqueued work of this result only (not for later work on its stream).
+  void wait_enqueued() {
+    if (event_ != nullptr) {
+      cu::event_synchronize(event_);
+    } else {
+      cu::stream_synchronize(stream_);
+    }
+  }
+
+  int device() const { return device_; }
+  const cu::Request& request() const { return req_; }
+  const cu::Layout& layout() const { return layout_; }
+  bool total_ready() const { return total_ready_; }
+  bool total_hist() const { return total_hist_; }
+  const char* data() const { return base(); }
 
   // (f (P, 8), n (P, 5), hists or None, edges (P, bins + 1) or None); hists[i] is
   // (first, counts, underflow, overflow, nan) as for describe_cpu.
@@ -114,6 +140,7 @@ class CudaResult {
       py::gil_scoped_release release;
       cu::DeviceGuard guard(device_);
       cu::launch_total(req_, layout_, buf_.get(), stream_, with_hist);
+      mark_enqueued();
     }
     total_hist_ = with_hist && req_.hist_kind != cu::kHistNone;
     total_ready_ = true;
@@ -217,6 +244,7 @@ class CudaResult {
   DeviceBuffer buf_;
   bool total_ready_ = false;
   bool total_hist_ = false;
+  void* event_ = nullptr;
 };
 
 cu::Entry make_entry(const TensorView& v, const std::string& what) {
@@ -245,17 +273,19 @@ cu::Entry make_entry(const TensorView& v, const std::string& what) {
   return e;
 }
 
-std::unique_ptr<CudaResult> describe_cuda(const py::list& caps,
-                                          const std::vector<std::string>& names, int device,
-                                          uintptr_t stream, int hist_kind, int64_t bins,
-                                          int mantissa_bits, int edge_mode, double lo, double hi,
-                                          const py::object& edges, const py::object& allocator) {
-  std::vector<ImportedTensor> imported = import_capsules(caps, names);
+// Imported inputs of one call: the DLPack owners keep the producers' memory alive.
+struct Inputs {
+  std::vector<ImportedTensor> imported;
   std::vector<cu::Entry> entries;
   std::vector<int64_t> numels;
-  entries.reserve(imported.size());
-  for (size_t i = 0; i < imported.size(); ++i) {
-    const TensorView& v = imported[i].view;
+};
+
+Inputs import_inputs(const py::list& caps, const std::vector<std::string>& names, int device) {
+  Inputs in;
+  in.imported = import_capsules(caps, names);
+  in.entries.reserve(in.imported.size());
+  for (size_t i = 0; i < in.imported.size(); ++i) {
+    const TensorView& v = in.imported[i].view;
     const std::string what = i < names.size() ? names[i] : "input " + std::to_string(i);
     if (v.device != DeviceKind::CUDA) {
       throw py::value_error(what + " is not a CUDA array (this is a bug in pyweightstat's "
@@ -266,9 +296,14 @@ std::unique_ptr<CudaResult> describe_cuda(const py::list& caps,
                             " but the other inputs are on cuda:" + std::to_string(device) +
                             "; pass inputs from one device per call");
     }
-    entries.push_back(make_entry(v, what));
-    numels.push_back(v.numel);
+    in.entries.push_back(make_entry(v, what));
+    in.numels.push_back(v.numel);
   }
+  return in;
+}
+
+cu::Request make_request(int hist_kind, int64_t bins, int mantissa_bits, int edge_mode, double lo,
+                         double hi) {
   cu::Request req;
   req.hist_kind = hist_kind;
   req.bins = bins;
@@ -284,28 +319,182 @@ std::unique_ptr<CudaResult> describe_cuda(const py::list& caps,
   if (hist_kind == cu::kHistLog && (mantissa_bits < 0 || mantissa_bits > kMaxMantissaBits)) {
     throw py::value_error("mantissa_bits must be in [0, 10]");
   }
-  py::array_t<double, py::array::c_style | py::array::forcecast> host_edges;
-  if (req.edge_mode == cu::kEdgesExplicit) {
-    host_edges = py::array_t<double, py::array::c_style | py::array::forcecast>(edges);
-    if (host_edges.size() != static_cast<py::ssize_t>(entries.size()) * (bins + 1)) {
-      throw py::value_error("edges: P x (bins + 1) values expected");
-    }
-  }
-  const cu::Layout layout = cu::make_layout(numels, req);
-  void* s = to_ptr(stream);
+  return req;
+}
+
+// Allocate the result (and scratch) buffers and enqueue the fused pass on `stream`.
+std::unique_ptr<CudaResult> enqueue(const std::vector<cu::Entry>& entries, const cu::Request& req,
+                                    const cu::Layout& layout, int device, void* s,
+                                    const py::object& allocator, const double* host_edges) {
   auto res = std::make_unique<CudaResult>(device, s, req, layout);
   DeviceBuffer scratch;
+  cu::DeviceGuard guard(device);
+  res->buffer().allocate(layout.result_bytes, allocator, device, s);
+  scratch.allocate(layout.scratch_bytes, allocator, device, s);
   {
-    cu::DeviceGuard guard(device);
-    res->buffer().allocate(layout.result_bytes, allocator, device, s);
-    scratch.allocate(layout.scratch_bytes, allocator, device, s);
-    const double* he = req.edge_mode == cu::kEdgesExplicit ? host_edges.data() : nullptr;
     py::gil_scoped_release release;
-    cu::launch_describe(entries, req, layout, res->buffer().get(), scratch.get(), s, he);
+    cu::launch_describe(entries, req, layout, res->buffer().get(), scratch.get(), s, host_edges);
+    res->mark_enqueued();
   }
   // scratch is released here: stream-ordered (cudaFreeAsync, or the caching allocator's reuse on
   // the same stream), after the launches that use it.
   return res;
+}
+
+std::unique_ptr<CudaResult> describe_cuda(const py::list& caps,
+                                          const std::vector<std::string>& names, int device,
+                                          uintptr_t stream, int hist_kind, int64_t bins,
+                                          int mantissa_bits, int edge_mode, double lo, double hi,
+                                          const py::object& edges, const py::object& allocator) {
+  const Inputs in = import_inputs(caps, names, device);
+  const cu::Request req = make_request(hist_kind, bins, mantissa_bits, edge_mode, lo, hi);
+  py::array_t<double, py::array::c_style | py::array::forcecast> host_edges;
+  if (req.edge_mode == cu::kEdgesExplicit) {
+    host_edges = py::array_t<double, py::array::c_style | py::array::forcecast>(edges);
+    if (host_edges.size() != static_cast<py::ssize_t>(in.entries.size()) * (bins + 1)) {
+      throw py::value_error("edges: P x (bins + 1) values expected");
+    }
+  }
+  const cu::Layout layout = cu::make_layout(in.numels, req);
+  const double* he = req.edge_mode == cu::kEdgesExplicit ? host_edges.data() : nullptr;
+  return enqueue(in.entries, req, layout, device, to_ptr(stream), allocator, he);
+}
+
+// A fixed list of CUDA tensors described again and again (e.g. a model's parameters at every
+// training step): inputs are imported and checked once; launch() only enqueues work. The plan
+// keeps the tensors' memory alive and reads whatever they hold when the work runs.
+class CudaPlan {
+ public:
+  CudaPlan(const py::list& caps, const std::vector<std::string>& names, int device, int hist_kind,
+           int mantissa_bits)
+      : device_(device),
+        in_(import_inputs(caps, names, device)),
+        req_(make_request(hist_kind, 0, mantissa_bits, cu::kEdgesNone, 0.0, 1.0)),
+        layout_(cu::make_layout(in_.numels, req_)) {
+    if (hist_kind == cu::kHistUniform) {
+      throw py::value_error("CudaPlan supports no histogram or log histograms");
+    }
+  }
+
+  std::unique_ptr<CudaResult> launch(uintptr_t stream, const py::object& allocator, bool total) {
+    auto res = enqueue(in_.entries, req_, layout_, device_, to_ptr(stream), allocator, nullptr);
+    if (total) res->launch_total(req_.hist_kind == cu::kHistLog);
+    return res;
+  }
+
+  int64_t tensors() const { return layout_.tensors; }
+  size_t result_bytes() const { return layout_.result_bytes; }
+
+ private:
+  int device_;
+  Inputs in_;
+  cu::Request req_;
+  cu::Layout layout_;
+};
+
+// States and log-histogram windows of many results (all with the same tensor count and request,
+// totals launched), fetched together: one wait per result on its own event (later work on the
+// stream keeps running), then a few copies per result on a private stream. Returns
+// (f (R, P + 1, 8), n (R, P + 1, 5), first (R, P + 1), length (R, P + 1), flows (R, P + 1, 3),
+// counts) where counts packs every window in (result, slot) order; slot P is the total.
+py::tuple fetch_many(const py::list& handles) {
+  std::vector<CudaResult*> rs;
+  for (const py::handle& h : handles) rs.push_back(h.cast<CudaResult*>());
+  const size_t r = rs.size();
+  if (r == 0) throw py::value_error("fetch_many needs at least one result");
+  const cu::Request req = rs[0]->request();
+  const cu::Layout L = rs[0]->layout();
+  for (CudaResult* c : rs) {
+    if (c->layout().tensors != L.tensors || c->layout().record != L.record ||
+        c->request().hist_kind != req.hist_kind || c->device() != rs[0]->device() ||
+        !c->total_ready()) {
+      throw py::value_error("fetch_many: results must share tensors, request, device and total");
+    }
+  }
+  if (req.hist_kind == cu::kHistUniform) throw py::value_error("fetch_many: no uniform histograms");
+  const bool log = req.hist_kind == cu::kHistLog;
+  const size_t p1 = static_cast<size_t>(L.tensors + 1);
+  const size_t rec = static_cast<size_t>(L.record);
+  const size_t hdr = static_cast<size_t>(cu::kHistHeader);
+  std::vector<MomentState> st(r * p1);
+  std::vector<int64_t> heads(log ? r * p1 * hdr : 0);
+  std::vector<int64_t> first(r * p1, 0), len(r * p1, 0);
+  std::vector<int64_t> lo_col(r, 0), width(r, 0);
+  std::vector<int64_t> staging;
+  {
+    py::gil_scoped_release release;
+    cu::DeviceGuard guard(rs[0]->device());
+    for (CudaResult* c : rs) c->wait_enqueued();
+    void* side = cu::stream_create_nonblocking();
+    try {
+      for (size_t i = 0; i < r; ++i) {
+        const char* b = rs[i]->data();
+        cu::copy_to_host_async(st.data() + i * p1, b + L.off_states, p1 * sizeof(MomentState),
+                               side);
+        if (log) {
+          cu::copy_rows_to_host_async(heads.data() + i * p1 * hdr, b + L.off_hist, hdr * 8,
+                                      rec * 8, p1, side);
+        }
+      }
+      cu::stream_synchronize(side);
+      size_t total = 0;
+      for (size_t i = 0; log && i < r; ++i) {
+        int64_t lo = L.nb, hi = -1;
+        for (size_t t = 0; t < p1; ++t) {
+          const int64_t* h = heads.data() + (i * p1 + t) * hdr;
+          if (h[4] <= 0) continue;
+          const int64_t a = L.nb - h[3], z = h[4] - 1;
+          first[i * p1 + t] = a;
+          len[i * p1 + t] = z - a + 1;
+          lo = std::min(lo, a);
+          hi = std::max(hi, z);
+        }
+        lo_col[i] = hi >= 0 ? lo : 0;
+        width[i] = hi >= 0 ? hi - lo + 1 : 0;
+        total += p1 * static_cast<size_t>(width[i]);
+      }
+      staging.resize(total);
+      size_t off = 0;
+      for (size_t i = 0; log && i < r; ++i) {
+        if (width[i] == 0) continue;
+        const char* src = rs[i]->data() + L.off_hist + (hdr + static_cast<size_t>(lo_col[i])) * 8;
+        cu::copy_rows_to_host_async(staging.data() + off, src, static_cast<size_t>(width[i]) * 8,
+                                    rec * 8, p1, side);
+        off += p1 * static_cast<size_t>(width[i]);
+      }
+      cu::stream_synchronize(side);
+    } catch (...) {
+      cu::stream_destroy_noexcept(side);
+      throw;
+    }
+    cu::stream_destroy_noexcept(side);
+  }
+  const py::ssize_t R = static_cast<py::ssize_t>(r), P1 = static_cast<py::ssize_t>(p1);
+  py::array_t<double> f({R, P1, py::ssize_t(8)});
+  py::array_t<int64_t> n({R, P1, py::ssize_t(5)});
+  py::array_t<int64_t> first_a({R, P1}), len_a({R, P1}), flows({R, P1, py::ssize_t(3)});
+  int64_t packed = 0;
+  for (int64_t v : len) packed += v;
+  py::array_t<int64_t> counts(static_cast<py::ssize_t>(packed));
+  int64_t* cp = counts.mutable_data();
+  int64_t* fl = flows.mutable_data();
+  size_t off = 0;
+  for (size_t i = 0; i < r; ++i) {
+    for (size_t t = 0; t < p1; ++t) {
+      const size_t k = i * p1 + t;
+      state_to_row(st[k], f.mutable_data() + k * 8, n.mutable_data() + k * 5);
+      first_a.mutable_data()[k] = first[k];
+      len_a.mutable_data()[k] = len[k];
+      for (size_t j = 0; j < 3; ++j) fl[k * 3 + j] = log ? heads[k * hdr + j] : 0;
+      if (len[k] > 0) {
+        const int64_t* row = staging.data() + off + t * static_cast<size_t>(width[i]);
+        std::memcpy(cp, row + (first[k] - lo_col[i]), static_cast<size_t>(len[k]) * 8);
+        cp += len[k];
+      }
+    }
+    off += p1 * static_cast<size_t>(width[i]);
+  }
+  return py::make_tuple(f, n, first_a, len_a, flows, counts);
 }
 
 using I64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
@@ -338,6 +527,19 @@ void register_cuda(py::module_& m) {
       .def("fetch_total", &CudaResult::fetch_total, "Copy the total to the host.")
       .def_property_readonly("tensors", &CudaResult::tensors)
       .def_property_readonly("nbytes", &CudaResult::nbytes);
+  py::class_<CudaPlan>(m, "CudaPlan",
+                       "Inputs imported once, described again at every launch() (private).")
+      .def(py::init<const py::list&, const std::vector<std::string>&, int, int, int>(),
+           py::arg("capsules"), py::arg("names"), py::arg("device"), py::arg("hist_kind"),
+           py::arg("mantissa_bits"))
+      .def("launch", &CudaPlan::launch, py::arg("stream"), py::arg("allocator"),
+           py::arg("total"),
+           "Enqueue the fused pass (and the total) on `stream`; returns a CudaResult.")
+      .def_property_readonly("tensors", &CudaPlan::tensors)
+      .def_property_readonly("result_bytes", &CudaPlan::result_bytes);
+  m.def("fetch_many", &fetch_many, py::arg("results"),
+        "States and log-histogram windows of many CudaResults (same plan, totals launched): "
+        "(f, n, first, length, flows, counts). Waits only for each result's own work.");
   m.def("describe_cuda", &describe_cuda, py::arg("capsules"), py::arg("names"), py::arg("device"),
         py::arg("stream"), py::arg("hist_kind"), py::arg("bins"), py::arg("mantissa_bits"),
         py::arg("edge_mode"), py::arg("lo"), py::arg("hi"), py::arg("edges"),

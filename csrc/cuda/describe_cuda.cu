@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cuda_check.cuh"
@@ -36,12 +37,17 @@ constexpr size_t kSharedHistBudget = 40 * 1024;
 size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
 // ---------------------------------------------------------------- kernel parameters
+// Kernel specialisations: contiguous 16-byte aligned float32 / float16 / bfloat16 inputs get a
+// kernel of their own (each fits in 64 registers, 4 blocks per SM); everything else (float64,
+// strided or unaligned inputs) goes through one generic kernel that dispatches on the dtype.
+enum KernelKind : int32_t { kKindF32 = 0, kKindF16 = 1, kKindBF16 = 2, kKindGeneric = 3 };
+
 struct EntryTable {
   int32_t count;
-  int32_t pad;
-  int64_t tensor_base;                 // global index of entries[0]
+  int32_t kind;                        // KernelKind of every entry
   int64_t chunk_base;                  // scratch index of this launch's first chunk
   int64_t chunk_begin[kMaxBatch + 1];  // prefix sums of chunks, relative to chunk_base
+  int32_t index[kMaxBatch];            // global tensor index of each entry
   Entry entries[kMaxBatch];
 };
 
@@ -85,35 +91,56 @@ struct VecWidth {
   static constexpr int value = 16 / static_cast<int>(sizeof(T));
 };
 
-// One 16-byte aligned load, unpacked to the compute type.
-__device__ __forceinline__ void load_vec(const float* p, float (&v)[4]) {
-  const float4 q = __ldg(reinterpret_cast<const float4*>(p));
+// One 16-byte aligned load (kept packed in registers until its group is consumed) and its
+// unpacking to the compute type.
+template <class T>
+struct Raw {
+  using type = uint4;
+};
+template <>
+struct Raw<float> {
+  using type = float4;
+};
+template <>
+struct Raw<double> {
+  using type = double2;
+};
+
+template <class T>
+__device__ __forceinline__ typename Raw<T>::type load_raw(const T* p) {
+  return __ldg(reinterpret_cast<const typename Raw<T>::type*>(p));
+}
+
+__device__ __forceinline__ void unpack(const float4& q, float* v) {
   v[0] = q.x;
   v[1] = q.y;
   v[2] = q.z;
   v[3] = q.w;
 }
-__device__ __forceinline__ void load_vec(const double* p, double (&v)[2]) {
-  const double2 q = __ldg(reinterpret_cast<const double2*>(p));
+__device__ __forceinline__ void unpack(const double2& q, double* v) {
   v[0] = q.x;
   v[1] = q.y;
 }
-__device__ __forceinline__ void load_vec(const half_t* p, float (&v)[8]) {
-  const uint4 q = __ldg(reinterpret_cast<const uint4*>(p));
+template <class T>
+__device__ __forceinline__ void unpack16(const uint4& q, float* v) {
   const uint32_t w[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
   for (int k = 0; k < 4; ++k) {
-    v[2 * k] = __half2float(__ushort_as_half(static_cast<unsigned short>(w[k] & 0xffffu)));
-    v[2 * k + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(w[k] >> 16)));
+    if constexpr (std::is_same_v<T, half_t>) {
+      v[2 * k] = __half2float(__ushort_as_half(static_cast<unsigned short>(w[k] & 0xffffu)));
+      v[2 * k + 1] = __half2float(__ushort_as_half(static_cast<unsigned short>(w[k] >> 16)));
+    } else {
+      v[2 * k] = __uint_as_float(w[k] << 16);
+      v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+    }
   }
 }
-__device__ __forceinline__ void load_vec(const bfloat16_t* p, float (&v)[8]) {
-  const uint4 q = __ldg(reinterpret_cast<const uint4*>(p));
-  const uint32_t w[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    v[2 * k] = __uint_as_float(w[k] << 16);
-    v[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+template <class T, class CT>
+__device__ __forceinline__ void unpack_to(const typename Raw<T>::type& q, CT* v) {
+  if constexpr (sizeof(T) == 2) {
+    unpack16<T>(q, v);
+  } else {
+    unpack(q, v);
   }
 }
 
@@ -132,56 +159,39 @@ __device__ __forceinline__ int64_t strided_offset(const Entry& e, int64_t f) {
 }
 
 // ---------------------------------------------------------------- per-thread accumulation
-template <class CT>
-__device__ __forceinline__ CT max_finite();
-template <>
-__device__ __forceinline__ float max_finite<float>() {
-  return 3.402823466e+38f;
-}
-template <>
-__device__ __forceinline__ double max_finite<double>() {
-  return 1.7976931348623157e+308;
-}
-
 __device__ __forceinline__ float abs_ct(float x) { return fabsf(x); }
 __device__ __forceinline__ double abs_ct(double x) { return fabs(x); }
 
+// Per-thread accumulator. The shift and the scale are common to the 32 lanes of a warp (the
+// first finite value the warp meets, and the power of two that brings the spread of its first
+// values near 1), so lane sums add directly at the end of a chunk and only the 8 warp states of
+// a block need the Pebay merge. Sums are of d = (x - shift) * scale and of (x * scale)^2; the
+// scale (exact, a power of two) keeps float32 powers of tiny- or huge-scale data in range.
 template <class CT>
 struct Acc {
   int32_t n, nan, posinf, neginf, zero;  // at most a few hundred values per thread
-  bool has_shift;
-  CT shift;
-  CT mn, mx;
+  bool has_shift;                        // warp-uniform
+  CT shift;                              // warp-uniform
+  CT scale, sshift;                      // warp-uniform; sshift = shift * scale
+  CT mn, mx;                             // +inf / -inf until a finite value is seen
   double s1, s2, s3, s4, sab, ssq;
 };
+
+template <class CT>
+__device__ __forceinline__ CT ct_inf() {
+  return static_cast<CT>(INFINITY);
+}
 
 template <class CT>
 __device__ __forceinline__ void acc_init(Acc<CT>& a) {
   a.n = a.nan = a.posinf = a.neginf = a.zero = 0;
   a.has_shift = false;
   a.shift = CT(0);
-  a.mn = CT(0);
-  a.mx = CT(0);
+  a.scale = CT(1);
+  a.sshift = CT(0);
+  a.mn = ct_inf<CT>();
+  a.mx = -ct_inf<CT>();
   a.s1 = a.s2 = a.s3 = a.s4 = a.sab = a.ssq = 0.0;
-}
-
-template <class CT>
-__device__ __forceinline__ MomentState acc_state(const Acc<CT>& a) {
-  MomentState s = moment_identity();
-  s.nan = a.nan;
-  s.posinf = a.posinf;
-  s.neginf = a.neginf;
-  s.zero = a.zero;
-  if (a.n > 0) {
-    s.n = a.n;
-    moments_from_shifted_sums(static_cast<double>(a.n), static_cast<double>(a.shift), a.s1, a.s2,
-                              a.s3, a.s4, &s.mean, &s.m2, &s.m3, &s.m4);
-    s.min = static_cast<double>(a.mn);
-    s.max = static_cast<double>(a.mx);
-    s.sum_abs = a.sab;
-    s.sum_sq = a.ssq;
-  }
-  return s;
 }
 
 // Histogram context of one block: shared counters (privatised) or the tensor's global record.
@@ -226,63 +236,119 @@ __device__ __forceinline__ void hist_add(HistCtx& h, CT v, bool ok) {
   }
 }
 
-// Consume N values (ok[j] false for padding). Called by every thread of the block the same
-// number of times.
+__device__ __forceinline__ bool is_finite_ct(float x) { return fabsf(x) <= 3.402823466e+38f; }
+__device__ __forceinline__ bool is_finite_ct(double x) { return fabs(x) <= 1.7976931348623157e+308; }
+
+// Give the warp its common shift (the first finite value of the lowest lane that has one in this
+// group) and scale (2^-e for the largest |x - shift| of the group's finite values, or |shift| when
+// they are all equal, within 2^+-120). Called by all 32 lanes together while the warp has no shift
+// yet (warp-uniform).
+template <class CT, int N>
+__device__ __forceinline__ void pick_warp_shift(Acc<CT>& a, const CT (&v)[N], const bool (&ok)[N]) {
+  CT cand = CT(0);
+  bool have = false;
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    if (!have && ok[j] && is_finite_ct(v[j])) {
+      cand = v[j];
+      have = true;
+    }
+  }
+  const unsigned lanes = __ballot_sync(kFullMask, have);
+  if (lanes == 0u) return;
+  a.shift = __shfl_sync(kFullMask, cand, __ffs(lanes) - 1);
+  a.has_shift = true;
+  double spread = 0.0;
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    if (ok[j] && is_finite_ct(v[j])) {
+      spread = fmax(spread, fabs(static_cast<double>(v[j]) - static_cast<double>(a.shift)));
+    }
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) spread = fmax(spread, __shfl_xor_sync(kFullMask, spread, off));
+  if (spread == 0.0) spread = fabs(static_cast<double>(a.shift));
+  const int e = spread > 0.0 ? max(-120, min(120, ilogb(spread))) : 0;
+  a.scale = static_cast<CT>(ldexp(1.0, -e));
+  a.sshift = a.shift * a.scale;
+}
+
+// Consume a group of N values (ok[j] false for padding). Called by every thread of the block the
+// same number of times.
+//
+// Fast path (no padding, every value finite): the power sums of the group are summed in the
+// compute precision without any per-value test, then added into float64; one check of the group
+// (a NaN or infinity, or an overflow, makes a sum non-finite) sends the rare failing groups to the
+// slow path, which sums their finite values directly in float64 and counts NaN and infinities.
 template <bool kState, int kHist, class CT, int N>
 __device__ __forceinline__ void consume(Acc<CT>& a, HistCtx& h, const CT (&v)[N],
                                         const bool (&ok)[N]) {
   if constexpr (kState) {
-    bool fin[N];
+    if (!a.has_shift) pick_warp_shift(a, v, ok);
+    bool all_ok = a.has_shift;
 #pragma unroll
-    for (int j = 0; j < N; ++j) {
-      fin[j] = ok[j] && abs_ct(v[j]) <= max_finite<CT>();  // false for NaN
-      if (ok[j]) {
-        a.zero += (v[j] == CT(0)) ? 1 : 0;
-        if (!fin[j]) {
-          if (v[j] != v[j]) {
-            ++a.nan;
-          } else if (v[j] > CT(0)) {
-            ++a.posinf;
-          } else {
-            ++a.neginf;
-          }
-        }
-      }
-    }
-    if (!a.has_shift) {
+    for (int j = 0; j < N; ++j) all_ok = all_ok && ok[j];
+    bool fast = false;
+    if (all_ok) {
+      CT p1 = CT(0), p2 = CT(0), p3 = CT(0), p4 = CT(0), pab = CT(0), psq = CT(0);
+      CT gmn = v[0], gmx = v[0];
+      int32_t zeros = 0;
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        if (fin[j] && !a.has_shift) {
-          a.shift = v[j];
-          a.mn = v[j];
-          a.mx = v[j];
-          a.has_shift = true;
-        }
-      }
-    }
-    CT p1 = CT(0), p2 = CT(0), p3 = CT(0), p4 = CT(0), pab = CT(0), psq = CT(0);
-#pragma unroll
-    for (int j = 0; j < N; ++j) {
-      if (fin[j]) {
-        const CT d = v[j] - a.shift;
+        const CT xs = v[j] * a.scale;
+        const CT d = xs - a.sshift;
         const CT d2 = d * d;
         p1 += d;
         p2 += d2;
         p3 += d2 * d;
         p4 += d2 * d2;
         pab += abs_ct(v[j]);
-        psq += v[j] * v[j];
-        ++a.n;
-        a.mn = v[j] < a.mn ? v[j] : a.mn;
-        a.mx = v[j] > a.mx ? v[j] : a.mx;
+        psq += xs * xs;
+        gmn = v[j] < gmn ? v[j] : gmn;
+        gmx = v[j] > gmx ? v[j] : gmx;
+        zeros += (v[j] == CT(0)) ? 1 : 0;
+      }
+      fast = is_finite_ct(p4) && is_finite_ct(psq) && is_finite_ct(pab);
+      if (fast) {
+        a.n += N;
+        a.zero += zeros;
+        a.mn = gmn < a.mn ? gmn : a.mn;
+        a.mx = gmx > a.mx ? gmx : a.mx;
+        a.s1 += static_cast<double>(p1);
+        a.s2 += static_cast<double>(p2);
+        a.s3 += static_cast<double>(p3);
+        a.s4 += static_cast<double>(p4);
+        a.sab += static_cast<double>(pab);
+        a.ssq += static_cast<double>(psq);
       }
     }
-    a.s1 += static_cast<double>(p1);
-    a.s2 += static_cast<double>(p2);
-    a.s3 += static_cast<double>(p3);
-    a.s4 += static_cast<double>(p4);
-    a.sab += static_cast<double>(pab);
-    a.ssq += static_cast<double>(psq);
+    if (!fast) {
+      const double scale = static_cast<double>(a.scale), shift = static_cast<double>(a.shift);
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        if (!ok[j]) continue;
+        a.zero += (v[j] == CT(0)) ? 1 : 0;
+        if (is_finite_ct(v[j])) {  // a finite value implies the warp has a shift
+          const double x = static_cast<double>(v[j]);
+          const double d = (x - shift) * scale, d2 = d * d, xs = x * scale;
+          a.s1 += d;
+          a.s2 += d2;
+          a.s3 += d2 * d;
+          a.s4 += d2 * d2;
+          a.sab += fabs(x);
+          a.ssq += xs * xs;
+          a.mn = v[j] < a.mn ? v[j] : a.mn;
+          a.mx = v[j] > a.mx ? v[j] : a.mx;
+          ++a.n;
+        } else if (v[j] != v[j]) {
+          ++a.nan;
+        } else if (v[j] > CT(0)) {
+          ++a.posinf;
+        } else {
+          ++a.neginf;
+        }
+      }
+    }
   }
   if constexpr (kHist != kHistNone) {
 #pragma unroll
@@ -311,10 +377,10 @@ __device__ __forceinline__ MomentState shfl_down_state(const MomentState& s, int
   return o;
 }
 
-// Lane 0 ends with the merge of the 32 lanes' states (fixed tree).
-__device__ __forceinline__ MomentState warp_merge(MomentState s) {
+// Lane 0 ends with the merge of the states of lanes [0, 2 * first) (fixed tree).
+__device__ __forceinline__ MomentState warp_merge(MomentState s, int first = 16) {
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
+  for (int off = first; off > 0; off >>= 1) {
     const MomentState o = shfl_down_state(s, off);
     moment_merge(s, o);
   }
@@ -350,7 +416,36 @@ __device__ __forceinline__ double linspace_at(int64_t i, int64_t bins, double lo
 }
 
 // ---------------------------------------------------------------- kernels
-template <class T, bool kState, int kHist>
+// Lane 0 ends with the plain sums of the warp's accumulators (they share the warp's shift).
+template <class CT>
+__device__ __forceinline__ void warp_sum(Acc<CT>& a) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    a.n += __shfl_down_sync(kFullMask, a.n, off);
+    a.nan += __shfl_down_sync(kFullMask, a.nan, off);
+    a.posinf += __shfl_down_sync(kFullMask, a.posinf, off);
+    a.neginf += __shfl_down_sync(kFullMask, a.neginf, off);
+    a.zero += __shfl_down_sync(kFullMask, a.zero, off);
+    const CT mn = __shfl_down_sync(kFullMask, a.mn, off);
+    const CT mx = __shfl_down_sync(kFullMask, a.mx, off);
+    a.mn = mn < a.mn ? mn : a.mn;
+    a.mx = mx > a.mx ? mx : a.mx;
+    a.s1 += __shfl_down_sync(kFullMask, a.s1, off);
+    a.s2 += __shfl_down_sync(kFullMask, a.s2, off);
+    a.s3 += __shfl_down_sync(kFullMask, a.s3, off);
+    a.s4 += __shfl_down_sync(kFullMask, a.s4, off);
+    a.sab += __shfl_down_sync(kFullMask, a.sab, off);
+    a.ssq += __shfl_down_sync(kFullMask, a.ssq, off);
+  }
+}
+
+// Vector loads in flight per thread and loop iteration (64 bytes), and values per group whose
+// power sums are added in the compute precision before going to float64.
+constexpr int kLoads = 4;
+constexpr int kGroup = 16;
+
+// kAlignedOnly: the caller guarantees e.aligned (no strided code is generated).
+template <class T, bool kState, int kHist, bool kAlignedOnly>
 __device__ __forceinline__ void run_chunk(const Entry& e, int64_t start, int64_t len, HistCtx& h,
                                           MomentState* chunk_out, MomentState* warp_states) {
   using CT = typename Compute<T>::type;
@@ -358,34 +453,35 @@ __device__ __forceinline__ void run_chunk(const Entry& e, int64_t start, int64_t
   Acc<CT> a;
   acc_init(a);
   const T* base = static_cast<const T*>(e.data);
-  if (e.aligned) {
+  if (kAlignedOnly || e.aligned) {
     constexpr int V = VecWidth<T>::value;
+    constexpr int G = V * kLoads < kGroup ? V * kLoads : kGroup;  // values per group
+    constexpr int kGroups = V * kLoads / G;
     const T* x = base + start;
     const int64_t nv = len / V;
-    for (int64_t v0 = 0; v0 < nv; v0 += 2 * kThreads) {  // two loads in flight per thread
-      const int64_t i0 = v0 + tid, i1 = i0 + kThreads;
-      CT a0[V], a1[V];
-      bool k0[V], k1[V];
-      const bool in0 = i0 < nv, in1 = i1 < nv;
-      if (in0) {
-        load_vec(x + i0 * V, a0);
-      } else {
+    for (int64_t v0 = 0; v0 < nv; v0 += kLoads * kThreads) {
+      typename Raw<T>::type raw[kLoads];
+      bool in[kLoads];
 #pragma unroll
-        for (int j = 0; j < V; ++j) a0[j] = CT(0);
-      }
-      if (in1) {
-        load_vec(x + i1 * V, a1);
-      } else {
-#pragma unroll
-        for (int j = 0; j < V; ++j) a1[j] = CT(0);
+      for (int u = 0; u < kLoads; ++u) {
+        const int64_t i = v0 + u * kThreads + tid;
+        in[u] = i < nv;
+        if (in[u]) {
+          raw[u] = load_raw(x + i * V);
+        } else {
+          raw[u] = typename Raw<T>::type{};
+        }
       }
 #pragma unroll
-      for (int j = 0; j < V; ++j) {
-        k0[j] = in0;
-        k1[j] = in1;
+      for (int g = 0; g < kGroups; ++g) {
+        CT vals[G];
+        bool ok[G];
+#pragma unroll
+        for (int u = 0; u < G / V; ++u) unpack_to<T>(raw[g * (G / V) + u], vals + u * V);
+#pragma unroll
+        for (int j = 0; j < G; ++j) ok[j] = in[(g * G + j) / V];
+        consume<kState, kHist>(a, h, vals, ok);
       }
-      consume<kState, kHist>(a, h, a0, k0);
-      consume<kState, kHist>(a, h, a1, k1);
     }
     const int64_t done = nv * V;
     if (done < len) {  // fewer than V values left (last chunk of a tensor); block-uniform
@@ -394,7 +490,7 @@ __device__ __forceinline__ void run_chunk(const Entry& e, int64_t start, int64_t
       CT v[1] = {ok[0] ? static_cast<CT>(load1(x + i)) : CT(0)};
       consume<kState, kHist>(a, h, v, ok);
     }
-  } else {
+  } else if constexpr (!kAlignedOnly) {
     constexpr int U = 4;
     for (int64_t i0 = 0; i0 < len; i0 += U * kThreads) {
       CT v[U];
@@ -409,20 +505,39 @@ __device__ __forceinline__ void run_chunk(const Entry& e, int64_t start, int64_t
     }
   }
   if constexpr (kState) {
-    MomentState s = warp_merge(acc_state(a));
+    warp_sum(a);
     const int lane = tid & 31, warp = tid >> 5;
-    if (lane == 0) warp_states[warp] = s;
+    if (lane == 0) {
+      MomentState s = moment_identity();
+      s.nan = a.nan;
+      s.posinf = a.posinf;
+      s.neginf = a.neginf;
+      s.zero = a.zero;
+      if (a.n > 0) {
+        s.n = a.n;
+        const double u = 1.0 / static_cast<double>(a.scale);  // exact: a power of two
+        const double u2 = u * u;
+        moments_from_shifted_sums(static_cast<double>(a.n), static_cast<double>(a.shift),
+                                  a.s1 * u, a.s2 * u2, a.s3 * (u2 * u), a.s4 * (u2 * u2),
+                                  &s.mean, &s.m2, &s.m3, &s.m4);
+        s.min = static_cast<double>(a.mn);
+        s.max = static_cast<double>(a.mx);
+        s.sum_abs = a.sab;
+        s.sum_sq = a.ssq * u2;
+      }
+      warp_states[warp] = s;
+    }
     __syncthreads();
     if (warp == 0) {
-      s = lane < kWarps ? warp_states[lane] : moment_identity();
-      s = warp_merge(s);
+      MomentState s = lane < kWarps ? warp_states[lane] : moment_identity();
+      s = warp_merge(s, kWarps / 2);
       if (lane == 0) *chunk_out = s;
     }
   }
 }
 
-template <bool kState, int kHist>
-__global__ void __launch_bounds__(kThreads)
+template <int kKind, bool kState, int kHist>
+__global__ void __launch_bounds__(kThreads, kKind == kKindGeneric ? 3 : (kHist == kHistNone ? 4 : 3))
     fused_kernel(const __grid_constant__ EntryTable tab, const Params p) {
   extern __shared__ __align__(16) unsigned char dyn_smem[];
   __shared__ MomentState warp_states[kWarps];
@@ -441,7 +556,7 @@ __global__ void __launch_bounds__(kThreads)
   const Entry& e = tab.entries[t];
   const int64_t start = (b - tab.chunk_begin[t]) * kChunk;
   const int64_t len = min(kChunk, e.numel - start);
-  const int64_t gt = tab.tensor_base + t;
+  const int64_t gt = tab.index[t];
 
   HistCtx h;
   h.sh = nullptr;
@@ -475,13 +590,21 @@ __global__ void __launch_bounds__(kThreads)
   }
 
   MomentState* chunk_out = kState ? p.scratch + (tab.chunk_base + b) : nullptr;
-  switch (static_cast<DType>(e.dtype)) {
-    case DType::F32: run_chunk<float, kState, kHist>(e, start, len, h, chunk_out, warp_states); break;
-    case DType::F64: run_chunk<double, kState, kHist>(e, start, len, h, chunk_out, warp_states); break;
-    case DType::F16: run_chunk<half_t, kState, kHist>(e, start, len, h, chunk_out, warp_states); break;
-    case DType::BF16:
-      run_chunk<bfloat16_t, kState, kHist>(e, start, len, h, chunk_out, warp_states);
-      break;
+  if constexpr (kKind == kKindF32) {
+    run_chunk<float, kState, kHist, true>(e, start, len, h, chunk_out, warp_states);
+  } else if constexpr (kKind == kKindF16) {
+    run_chunk<half_t, kState, kHist, true>(e, start, len, h, chunk_out, warp_states);
+  } else if constexpr (kKind == kKindBF16) {
+    run_chunk<bfloat16_t, kState, kHist, true>(e, start, len, h, chunk_out, warp_states);
+  } else {
+    switch (static_cast<DType>(e.dtype)) {
+      case DType::F32: run_chunk<float, kState, kHist, false>(e, start, len, h, chunk_out, warp_states); break;
+      case DType::F64: run_chunk<double, kState, kHist, false>(e, start, len, h, chunk_out, warp_states); break;
+      case DType::F16: run_chunk<half_t, kState, kHist, false>(e, start, len, h, chunk_out, warp_states); break;
+      case DType::BF16:
+        run_chunk<bfloat16_t, kState, kHist, false>(e, start, len, h, chunk_out, warp_states);
+        break;
+    }
   }
 
   if constexpr (kHist != kHistNone) {
@@ -513,7 +636,7 @@ __global__ void __launch_bounds__(kThreads)
     finalize_kernel(const __grid_constant__ EntryTable tab, const Params p) {
   __shared__ MomentState part[kThreads];
   const int t = static_cast<int>(blockIdx.x);
-  const int64_t gt = tab.tensor_base + t;
+  const int64_t gt = tab.index[t];
   const int64_t nch = tab.chunk_begin[t + 1] - tab.chunk_begin[t];
   block_merge_range(p.scratch + tab.chunk_base + tab.chunk_begin[t], nch, part);
   if (threadIdx.x == 0) p.states[gt] = part[0];
@@ -594,7 +717,13 @@ void launch_fused(const EntryTable& tab, const Params& p, size_t smem, cudaStrea
   const int64_t grid = tab.chunk_begin[tab.count];
   if (grid == 0) return;
   if (grid > INT_MAX) throw std::runtime_error("pyweightstat: too many CUDA work items in one launch");
-  fused_kernel<kState, kHist><<<static_cast<unsigned>(grid), kThreads, smem, s>>>(tab, p);
+  const dim3 g(static_cast<unsigned>(grid)), b(kThreads);
+  switch (tab.kind) {
+    case kKindF32: fused_kernel<kKindF32, kState, kHist><<<g, b, smem, s>>>(tab, p); break;
+    case kKindF16: fused_kernel<kKindF16, kState, kHist><<<g, b, smem, s>>>(tab, p); break;
+    case kKindBF16: fused_kernel<kKindBF16, kState, kHist><<<g, b, smem, s>>>(tab, p); break;
+    default: fused_kernel<kKindGeneric, kState, kHist><<<g, b, smem, s>>>(tab, p); break;
+  }
   PWS_CUDA_CHECK_LAUNCH("fused_kernel launch");
 }
 
@@ -603,24 +732,44 @@ void launch_finalize(const EntryTable& tab, const Params& p, cudaStream_t s) {
   PWS_CUDA_CHECK_LAUNCH("finalize_kernel launch");
 }
 
+int32_t kernel_kind(const Entry& e) {
+  if (!e.aligned) return kKindGeneric;
+  switch (static_cast<DType>(e.dtype)) {
+    case DType::F32: return kKindF32;
+    case DType::F16: return kKindF16;
+    case DType::BF16: return kKindBF16;
+    default: return kKindGeneric;
+  }
+}
+
+// Launch tables: entries grouped by kernel kind (in kind order, then input order), at most
+// kMaxBatch per table. Deterministic in the inputs' dtypes, sizes and layouts only.
 std::vector<EntryTable> make_tables(const std::vector<Entry>& entries) {
   std::vector<EntryTable> tables;
   int64_t chunk_base = 0;
-  for (size_t b0 = 0; b0 < entries.size(); b0 += kMaxBatch) {
-    const size_t n = std::min(entries.size() - b0, static_cast<size_t>(kMaxBatch));
-    EntryTable tab{};
-    tab.count = static_cast<int32_t>(n);
-    tab.tensor_base = static_cast<int64_t>(b0);
-    tab.chunk_base = chunk_base;
-    int64_t c = 0;
-    for (size_t i = 0; i < n; ++i) {
-      tab.entries[i] = entries[b0 + i];
-      tab.chunk_begin[i] = c;
-      c += (entries[b0 + i].numel + kChunk - 1) / kChunk;
+  for (int32_t kind = 0; kind <= kKindGeneric; ++kind) {
+    std::vector<int32_t> members;
+    for (size_t i = 0; i < entries.size(); ++i) {
+      if (kernel_kind(entries[i]) == kind) members.push_back(static_cast<int32_t>(i));
     }
-    tab.chunk_begin[n] = c;
-    chunk_base += c;
-    tables.push_back(tab);
+    for (size_t b0 = 0; b0 < members.size(); b0 += kMaxBatch) {
+      const size_t n = std::min(members.size() - b0, static_cast<size_t>(kMaxBatch));
+      EntryTable tab{};
+      tab.count = static_cast<int32_t>(n);
+      tab.kind = kind;
+      tab.chunk_base = chunk_base;
+      int64_t c = 0;
+      for (size_t i = 0; i < n; ++i) {
+        const int32_t g = members[b0 + i];
+        tab.index[i] = g;
+        tab.entries[i] = entries[static_cast<size_t>(g)];
+        tab.chunk_begin[i] = c;
+        c += (entries[static_cast<size_t>(g)].numel + kChunk - 1) / kChunk;
+      }
+      tab.chunk_begin[n] = c;
+      chunk_base += c;
+      tables.push_back(tab);
+    }
   }
   return tables;
 }
@@ -747,6 +896,38 @@ void copy_rows_to_host_async(void* dst, const void* src, size_t width, size_t sr
 
 void stream_synchronize(void* stream) {
   PWS_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
+}
+
+void* event_create() {
+  cudaEvent_t e = nullptr;
+  PWS_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  return e;
+}
+
+void event_record(void* event, void* stream) {
+  PWS_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(stream)));
+}
+
+void event_synchronize(void* event) {
+  PWS_CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(event)));
+}
+
+void event_destroy_noexcept(void* event) noexcept {
+  if (event != nullptr && cudaEventDestroy(static_cast<cudaEvent_t>(event)) != cudaSuccess) {
+    (void)cudaGetLastError();
+  }
+}
+
+void* stream_create_nonblocking() {
+  cudaStream_t s = nullptr;
+  PWS_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  return s;
+}
+
+void stream_destroy_noexcept(void* stream) noexcept {
+  if (stream != nullptr && cudaStreamDestroy(static_cast<cudaStream_t>(stream)) != cudaSuccess) {
+    (void)cudaGetLastError();
+  }
 }
 
 DeviceGuard::DeviceGuard(int device) : prev_(current_device()), changed_(prev_ != device) {

@@ -97,6 +97,14 @@ void copy_to_host_async(void* dst, const void* src, size_t bytes, void* stream);
 void copy_rows_to_host_async(void* dst, const void* src, size_t width, size_t src_pitch,
                              size_t height, void* stream);
 void stream_synchronize(void* stream);
+// Events (timing disabled) and a private non-blocking stream, for fetching results without
+// waiting for work queued after them.
+void* event_create();
+void event_record(void* event, void* stream);
+void event_synchronize(void* event);
+void event_destroy_noexcept(void* event) noexcept;
+void* stream_create_nonblocking();
+void stream_destroy_noexcept(void* stream) noexcept;
 
 // Restores the previous current device on destruction.
 class DeviceGuard {

@@ -16,13 +16,18 @@ Storage is columnar and compact:
   non-empty buckets only.  Because the grid is universal, histograms of different steps,
   tensors and runs compare bucket by bucket without re-binning.
 
-On a CUDA model the summaries stay on the device: the tracker keeps the
-:class:`~pyweightstat.Summary` objects and converts them to the columnar store only when
-:meth:`WeightTracker.trajectory`, :meth:`~WeightTracker.histogram`, :meth:`~WeightTracker.save`
-or :meth:`~WeightTracker.to_tensorboard` is called, or when ``max_pending`` records have
-accumulated (which bounds the device memory they hold): the host waits for the device only
-then, never on the hot path.  On the CPU each record is converted at
-once.
+On a CUDA model the tracker builds a launch plan once (the parameters are validated and laid
+out a single time) and each record only enqueues one fused pass over all parameters and their
+total on the current stream; the raw results stay on the device.  They are converted to the
+columnar store, all pending records in one bulk copy, only when :meth:`WeightTracker.trajectory`,
+:meth:`~WeightTracker.histogram`, :meth:`~WeightTracker.save` or
+:meth:`~WeightTracker.to_tensorboard` is called, or when ``max_pending`` records have accumulated
+(which bounds the device memory they hold).  That conversion waits for the pending records' own
+work only, never for training work queued after them, and never runs on the hot path.  The plan
+follows the parameter objects found at the first record: if a parameter's storage moves (e.g.
+``p.data = ...`` or ``model.to(...)``) the plan is rebuilt; replacing parameter objects (e.g.
+assigning a new submodule) is detected at the next conversion, which then raises.  On the CPU
+each record is converted at once.
 """
 
 from __future__ import annotations
@@ -157,6 +162,9 @@ class WeightTracker:
             raise ValueError(f"a parameter is named {TOTAL_NAME!r}, which the tracker reserves")
         self._model: nn.Module | None = model
         self._lazy = lazy
+        self._plan: Any = None  # stats._cuda.Plan over self._plan_params (CUDA models)
+        self._plan_params: list[Any] = []
+        self._plan_failed = False
         self.names: list[str] = [*names, TOTAL_NAME]
         self.num_steps = 0
         self._init_store()
@@ -199,50 +207,109 @@ class WeightTracker:
         """Record the current weights now, labelled with the current step count."""
         if self._model is None:
             raise RuntimeError("this tracker was loaded from a file and has no model to record")
+        if self._plan is not None and self._plan.matches(self._plan_params):
+            # Hot path on CUDA: one enqueue, no per-tensor Python work, no synchronisation.
+            self._pending.append((self.num_steps, self._plan.launch()))
+            if self._lazy is False or len(self._pending) >= self.max_pending:
+                self._flush()
+            return
         from pyweightstat import describe_many
 
+        params = self._current_params()
+        if params[0].device.type == "cuda" and not self._plan_failed:
+            from .stats import _cuda
+
+            try:
+                self._plan = _cuda.Plan(params, self.mantissa_bits, self.names[:-1])
+            except (TypeError, ValueError):  # e.g. mixed devices: the general path reports it
+                self._plan, self._plan_failed = None, True
+            else:
+                self._plan_params = params
+                self.record()
+                return
+        detached = [p.detach() for p in params]
+        summaries, total = describe_many(detached, total=True, mantissa_bits=self.mantissa_bits)
+        self._pending.append((self.num_steps, [*summaries, total]))
+        lazy = self._lazy if self._lazy is not None else params[0].device.type != "cpu"
+        if not lazy or len(self._pending) >= self.max_pending:
+            self._flush()
+
+    def _current_params(self) -> list[Any]:
+        """The model's parameters, checked against the names found at creation."""
+        assert self._model is not None
         params = []
         for i, (name, p) in enumerate(self._model.named_parameters()):
             if i >= len(self.names) - 1 or name != self.names[i]:
                 raise RuntimeError(
                     f"the model's parameters changed since the tracker was created ({name!r})"
                 )
-            params.append(p.detach())
+            params.append(p)
         if len(params) != len(self.names) - 1:
             raise RuntimeError("the model's parameters changed since the tracker was created")
-        summaries, total = describe_many(params, total=True, mantissa_bits=self.mantissa_bits)
-        self._pending.append((self.num_steps, [*summaries, total]))
-        lazy = self._lazy if self._lazy is not None else params[0].device.type != "cpu"
-        if not lazy or len(self._pending) >= self.max_pending:
-            self._flush()
+        return params
 
     def _flush(self) -> None:
-        """Convert pending summaries into the columnar store (reads device values once)."""
+        """Convert pending records into the columnar store (reads device values once)."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        first_record = self._steps.n
+        if self._plan is not None and self._model is not None:
+            current = self._current_params()
+            if any(a is not b for a, b in zip(current, self._plan_params, strict=True)):
+                self._plan = None
+                raise RuntimeError(
+                    "the model's parameter objects were replaced since the tracker's first "
+                    f"record; the {len(pending)} pending records may hold the old tensors and "
+                    "were dropped"
+                )
+        # Consecutive runs of the same kind: raw plan results (one bulk fetch) or Summaries.
+        start = 0
+        while start < len(pending):
+            raw = not isinstance(pending[start][1], list)
+            stop = start
+            while stop < len(pending) and (not isinstance(pending[stop][1], list)) == raw:
+                stop += 1
+            run = pending[start:stop]
+            self._store(run, self._convert_raw(run) if raw else self._convert_summaries(run))
+            start = stop
+
+    @staticmethod
+    def _convert_raw(run: list[tuple[int, Any]]) -> tuple[np.ndarray, ...]:
+        from .stats import _cuda
+        from .stats.summary import fields_from_states
+
+        f, n, first, length, flows, counts = _cuda.fetch_many([res for _, res in run])
+        return fields_from_states(f, n), first.ravel(), length.ravel(), counts, flows
+
+    @staticmethod
+    def _convert_summaries(run: list[tuple[int, Any]]) -> tuple[np.ndarray, ...]:
         rows = np.array(
-            [[[getattr(s, f) for f in STAT_FIELDS] for s in summaries] for _, summaries in pending],
+            [[[getattr(s, f) for f in STAT_FIELDS] for s in summaries] for _, summaries in run],
             dtype=np.float64,
         )
-        hists = [s.hist for _, summaries in pending for s in summaries]
+        hists = [s.hist for _, summaries in run for s in summaries]
         counts = [np.asarray(h.counts, dtype=np.int64) for h in hists]
         lengths = np.array([len(c) for c in counts], dtype=np.int64)
         firsts = np.array([int(h.first) for h in hists], dtype=np.int64)
         flat = np.concatenate(counts) if counts else np.empty(0, np.int64)
+        flows = np.array([[getattr(h, f) for f in _FLOW_FIELDS] for h in hists], dtype=np.int64)
+        return rows, firsts, lengths, flat, flows
+
+    def _store(self, run: list[tuple[int, Any]], converted: tuple[np.ndarray, ...]) -> None:
+        """Append converted records: stats rows and the non-empty histogram buckets."""
+        rows, firsts, lengths, flat, flows = converted
+        first_record = self._steps.n
         starts = np.cumsum(lengths) - lengths
         bucket = np.repeat(firsts - starts, lengths) + np.arange(len(flat), dtype=np.int64)
         width = len(self.names)
-        slot = np.repeat(np.arange(len(hists), dtype=np.int64), lengths)
+        slot = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
         keep = flat != 0
         self._hist["record"].extend(first_record + slot[keep] // width)
         self._hist["tensor"].extend(slot[keep] % width)
         self._hist["bucket"].extend(bucket[keep])
         self._hist["count"].extend(flat[keep])
-        flows = np.array([[getattr(h, f) for f in _FLOW_FIELDS] for h in hists], dtype=np.int64)
-        self._flows.extend(flows.reshape(len(pending), width, len(_FLOW_FIELDS)))
-        self._steps.extend(np.array([step for step, _ in pending], dtype=np.int64))
+        self._flows.extend(np.asarray(flows, np.int64).reshape(len(run), width, len(_FLOW_FIELDS)))
+        self._steps.extend(np.array([step for step, _ in run], dtype=np.int64))
         self._stats.extend(rows)
 
     # ------------------------------------------------------------------ reading
@@ -402,6 +469,7 @@ class WeightTracker:
         tracker = cls.__new__(cls)
         tracker._model = None
         tracker._lazy = False
+        tracker._plan, tracker._plan_params, tracker._plan_failed = None, [], False
         tracker.names = [str(n) for n in data["names"]]
         tracker.every = int(data["every"])
         tracker.mantissa_bits = int(data["mantissa_bits"])

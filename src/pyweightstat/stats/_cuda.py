@@ -287,3 +287,96 @@ def _same_bins(hists: list[Histogram | None]) -> bool:
     if h0.kind == "log":
         return all(h.kind == "log" and h.mantissa_bits == h0.mantissa_bits for h in hists)
     return all(h.kind == "uniform" and np.array_equal(h.edges, h0.edges) for h in hists)
+
+
+class Plan:
+    """A fixed list of CUDA ``torch`` tensors described again and again with one launch each.
+
+    The inputs are validated, exported and laid out once; :meth:`launch` only enqueues the fused
+    pass and the total on the current stream and returns the raw device result (no
+    :class:`Summary` objects, no host synchronisation). Read results in bulk with
+    :func:`fetch_many`. Used by :class:`pyweightstat.WeightTracker` on CUDA models.
+
+    Parameters
+    ----------
+    tensors : list of torch.Tensor
+        CUDA tensors on one device; each must stay at its address (checked by :meth:`matches`).
+    mantissa_bits : int or None
+        Log histograms with this many mantissa bits, or ``None`` for moments only.
+    names : list of str, optional
+        Names used in error messages.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`pyweightstat.describe_many` for unsupported inputs, and ``ValueError`` for a
+        tensor whose memory layout needs a copy on CUDA (the plan cannot follow a copy).
+    """
+
+    def __init__(
+        self, tensors: list[Any], mantissa_bits: int | None, names: list[str] | None = None
+    ) -> None:
+        import torch
+
+        names = names or [f"tensors[{i}]" for i in range(len(tensors))]
+        items = [_input.prepare(t, name) for t, name in zip(tensors, names, strict=True)]
+        if not items or any(
+            p.device != "cuda" or not isinstance(p.obj, torch.Tensor) for p in items
+        ):
+            raise ValueError("a Plan needs one or more CUDA torch tensors")
+        dev = items[0].device_id
+        if any(p.device_id != dev for p in items):
+            raise ValueError("a Plan's tensors must all be on one CUDA device")
+        for p, t in zip(items, tensors, strict=True):
+            if p.obj.data_ptr() != t.data_ptr() or (
+                p.obj.dim() > _MAX_STRIDED_DIMS and not p.obj.is_contiguous()
+            ):
+                raise ValueError(
+                    f"{p.name}: this tensor needs a copy on CUDA; a Plan cannot use it"
+                )
+        self.device = dev
+        self.mantissa_bits = mantissa_bits
+        self._tensors = [p.obj for p in items]
+        self._ptrs = [t.data_ptr() for t in self._tensors]
+        hist_kind = _HIST_NONE if mantissa_bits is None else _HIST_LOG
+        with torch.cuda.device(dev):
+            caps = [t.__dlpack__(stream=-1) for t in self._tensors]
+            self._plan = _core().CudaPlan(
+                caps, [p.name for p in items], dev, hist_kind, mantissa_bits or 0
+            )
+        self._device = torch.device("cuda", dev)
+
+    def matches(self, tensors: list[Any]) -> bool:
+        """Whether ``tensors`` are still at the addresses the plan reads (same count, in order)."""
+        return len(tensors) == len(self._ptrs) and all(
+            t.data_ptr() == p for t, p in zip(tensors, self._ptrs, strict=True)
+        )
+
+    def launch(self) -> Any:
+        """Enqueue the pass over the tensors and their total on the current stream."""
+        import torch
+
+        stream = torch.cuda.current_stream(self._device)
+        device = self._device
+
+        def alloc(nbytes: int) -> Any:
+            return torch.empty(int(nbytes), dtype=torch.uint8, device=device)
+
+        return self._plan.launch(int(stream.cuda_stream), alloc, True)
+
+
+def fetch_many(results: list[Any]) -> tuple[np.ndarray, ...]:
+    """Copy many :meth:`Plan.launch` results to the host at once.
+
+    Waits only for the work of those results (later work on the stream keeps running), then
+    copies every state and the occupied window of every log histogram.
+
+    Returns
+    -------
+    tuple
+        ``f`` (R, P + 1, 8) float64 and ``n`` (R, P + 1, 5) int64 raw states (slot ``P`` is the
+        total), ``first`` and ``length`` (R, P + 1) int64 of each histogram window, ``flows``
+        (R, P + 1, 3) int64 (underflow, overflow, NaN) and ``counts``, every window packed in
+        (result, slot) order.
+    """
+    return tuple(_core().fetch_many(list(results)))

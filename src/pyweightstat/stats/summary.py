@@ -32,6 +32,57 @@ _F_NAMES = ("mean", "m2", "m3", "m4", "min", "max", "sum_abs", "sum_sq")
 _N_NAMES = ("count", "nan_count", "posinf_count", "neginf_count", "zero_count")
 
 
+def fields_from_states(f: Any, n: Any) -> np.ndarray:
+    """The statistics :data:`FIELDS` of many raw states at once, as :class:`Summary` computes them.
+
+    Parameters
+    ----------
+    f : array_like, shape (..., 8)
+        float64 rows ``mean, M2, M3, M4, min, max, sum|x|, sum x**2``.
+    n : array_like, shape (..., 5)
+        int64 rows ``count, NaN, +Inf, -Inf, zero``.
+
+    Returns
+    -------
+    ndarray, shape (..., len(FIELDS)), float64
+        Column ``k`` equals ``getattr(Summary(f_i, n_i), FIELDS[k])`` for each state ``i``.
+    """
+    f = np.asarray(f, dtype=np.float64)
+    n = np.asarray(n, dtype=np.int64)
+    if f.shape[-1:] != (8,) or n.shape[-1:] != (5,) or f.shape[:-1] != n.shape[:-1]:
+        raise ValueError(f"expected (..., 8) and (..., 5) states, got {f.shape} and {n.shape}")
+    cnt = n[..., 0]
+    has = cnt > 0
+    c = np.where(has, cnt, 1).astype(np.float64)
+    m2 = f[..., 1]
+    spread = has & (m2 > 0)
+    safe_m2 = np.where(spread, m2, 1.0)
+    out = np.empty((*f.shape[:-1], len(FIELDS)), dtype=np.float64)
+    nan = np.float64(np.nan)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        var = np.where(has, m2 / c, nan)
+        cols = {
+            "count": cnt,
+            "mean": np.where(has, f[..., 0], nan),
+            "var": var,
+            "std": np.where(var >= 0, np.sqrt(np.where(var >= 0, var, 0.0)), nan),
+            "skew": np.where(spread, np.sqrt(c) * f[..., 2] / safe_m2**1.5, nan),
+            "kurtosis": np.where(spread, c * f[..., 3] / (safe_m2 * safe_m2) - 3.0, nan),
+            "min": np.where(has, f[..., 4], nan),
+            "max": np.where(has, f[..., 5], nan),
+            "l1": f[..., 6],
+            "l2": np.sqrt(f[..., 7]),
+            "linf": np.where(has, np.maximum(np.abs(f[..., 4]), np.abs(f[..., 5])), nan),
+            "nan_count": n[..., 1],
+            "posinf_count": n[..., 2],
+            "neginf_count": n[..., 3],
+            "zero_count": n[..., 4],
+        }
+    for k, name in enumerate(FIELDS):
+        out[..., k] = cols[name]
+    return out
+
+
 class Summary:
     """Moments, extremes, norms and special-value counts of a tensor, mergeable across chunks.
 
