@@ -756,18 +756,51 @@ def bench_tracker(
         host.append(time.perf_counter() - t0)
     out["tracker_host_s"] = statistics.median(host)
     if device == "cuda":
-        gpu = []
-        for _ in range(20):
-            torch.cuda.synchronize()
-            torch.cuda._sleep(20_000_000)
-            start = torch.cuda.Event(enable_timing=True)
-            end = torch.cuda.Event(enable_timing=True)
-            start.record()
-            tracker.record()
-            end.record()
-            end.synchronize()
-            gpu.append(start.elapsed_time(end) / 1e3)
-        out["tracker_gpu_s"] = statistics.median(gpu)
+        from pyweightstat.stats import _cuda
+
+        def gpu_time(fn: Callable[[], Any]) -> float:
+            times = []
+            for _ in range(20):
+                torch.cuda.synchronize()
+                torch.cuda._sleep(20_000_000)  # ~10 ms: the host is ahead, events time the GPU
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            return statistics.median(times)
+
+        out["tracker_gpu_s"] = gpu_time(tracker.record)
+        params = list(model.parameters())
+        plain = _cuda.Plan(params, None)
+        out["plan_no_hist_gpu_s"] = gpu_time(plain.launch)
+        del plain
+        log(
+            f"  GPU time per record: {1e3 * out['tracker_gpu_s']:.3f} ms with m=3 histograms, "
+            f"{1e3 * out['plan_no_hist_gpu_s']:.3f} ms for moments only"
+        )
+        try:  # per-kernel device times of five records
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    tracker.record()
+                torch.cuda.synchronize()
+            kernels = []
+            for ev in prof.key_averages():
+                total = getattr(ev, "device_time_total", None)
+                if total is None:
+                    total = getattr(ev, "cuda_time_total", 0.0)
+                if total > 0:
+                    kernels.append({"name": ev.key[:90], "calls": ev.count, "total_us": total})
+            kernels.sort(key=lambda k: -k["total_us"])
+            out["tracker_kernels_5_records"] = kernels[:12]
+            for k in kernels[:12]:
+                log(f"    {k['total_us'] / 5:9.1f} us/record  x{k['calls'] // 5}  {k['name']}")
+        except Exception as exc:  # a diagnostic, never a reason to fail the run
+            log(f"  (kernel profile unavailable: {exc})")
     t0 = time.perf_counter()
     n_pending = len(tracker._pending)
     tracker.trajectory()  # bulk conversion of everything pending

@@ -446,10 +446,11 @@ def test_plan_and_fetch_many_match_describe_many() -> None:
     plan = _cuda.Plan(xs, 3)
     assert plan.matches(xs) and not plan.matches(xs[:-1])
     results = [plan.launch() for _ in range(3)]
-    f, n, first, length, flows, counts = _cuda.fetch_many(results)
+    f, n, nnz, buckets, counts, flows = _cuda.fetch_many(results)
     summaries, total = pws.describe_many(xs, total=True, mantissa_bits=3)
     expected = [*summaries, total]
     assert f.shape == (3, len(xs) + 1, 8) and n.shape == (3, len(xs) + 1, 5)
+    assert nnz.shape == (3, len(xs) + 1) and int(nnz.sum()) == len(buckets) == len(counts)
     fields = fields_from_states(f, n)
     off = 0
     for r in range(3):
@@ -461,11 +462,12 @@ def test_plan_and_fetch_many_match_describe_many() -> None:
             want = [float(getattr(s, k)) for k in FIELDS]
             np.testing.assert_array_equal(got, want)
             h = s.hist
-            window = counts[off : off + length[r, t]]
-            off += int(length[r, t])
-            np.testing.assert_array_equal(window, np.asarray(h.counts))
-            if len(window):
-                assert first[r, t] == h.first
+            dense = np.asarray(h.counts)
+            idx = np.flatnonzero(dense)
+            k = int(nnz[r, t])
+            np.testing.assert_array_equal(buckets[off : off + k], idx + h.first)
+            np.testing.assert_array_equal(counts[off : off + k], dense[idx])
+            off += k
             assert tuple(flows[r, t]) == (h.underflow, h.overflow, h.nan_count)
     assert off == len(counts)
 
@@ -510,7 +512,8 @@ def _field_tolerances(ref: np.ndarray) -> np.ndarray:
     return np.array([tol.get(k, 0.0) for k in FIELDS])
 
 
-def test_tracker_on_cuda_matches_cpu_tracker() -> None:
+@pytest.mark.parametrize("max_pending", [2, 256])  # bulk copies / copies 3 records behind
+def test_tracker_on_cuda_matches_cpu_tracker(max_pending: int) -> None:
     import copy
 
     from pyweightstat import WeightTracker
@@ -519,8 +522,8 @@ def test_tracker_on_cuda_matches_cpu_tracker() -> None:
     cpu = torch.nn.Sequential(torch.nn.Linear(20, 300), torch.nn.ReLU(), torch.nn.Linear(300, 5))
     gpu = copy.deepcopy(cpu).to(DEV)
     tc = WeightTracker(cpu, mantissa_bits=3)
-    tg = WeightTracker(gpu, mantissa_bits=3, max_pending=2)  # several bulk conversions
-    for step in range(5):
+    tg = WeightTracker(gpu, mantissa_bits=3, max_pending=max_pending)
+    for step in range(8):
         with torch.no_grad():  # elementwise IEEE ops: identical values on both devices
             for model in (cpu, gpu):
                 for p in model.parameters():
@@ -529,6 +532,8 @@ def test_tracker_on_cuda_matches_cpu_tracker() -> None:
             gpu[0].weight.data = gpu[0].weight.data.clone()
         tc.step()
         tg.step()
+        if max_pending == 256 and step >= 3:
+            assert len(tg._pending) == 3  # older records were copied already
     assert tg._plan is not None
     a, b = tc.trajectory(), tg.trajectory()
     np.testing.assert_array_equal(a["steps"], b["steps"])

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -392,11 +393,42 @@ class CudaPlan {
   cu::Layout layout_;
 };
 
+// Grow-only page-locked staging buffer of fetch_many (one per process; the mutex serialises its
+// users). Pinned memory makes the strided (2-D) copies single DMA transfers.
+class PinnedStaging {
+ public:
+  ~PinnedStaging() { cu::host_free_pinned_noexcept(ptr_); }
+  std::mutex& mutex() { return mutex_; }
+  // At least `bytes` bytes (contents not kept). Call with the mutex held.
+  char* reserve(size_t bytes) {
+    if (bytes > size_) {
+      cu::host_free_pinned_noexcept(ptr_);
+      ptr_ = nullptr;
+      size_ = 0;
+      const size_t want = std::max(bytes, size_ + size_ / 2);
+      ptr_ = cu::host_alloc_pinned(want);
+      size_ = want;
+    }
+    return static_cast<char*>(ptr_);
+  }
+
+ private:
+  std::mutex mutex_;
+  void* ptr_ = nullptr;
+  size_t size_ = 0;
+};
+
+PinnedStaging& pinned_staging() {
+  static PinnedStaging staging;
+  return staging;
+}
+
 // States and log-histogram windows of many results (all with the same tensor count and request,
 // totals launched), fetched together: one wait per result on its own event (later work on the
-// stream keeps running), then a few copies per result on a private stream. Returns
-// (f (R, P + 1, 8), n (R, P + 1, 5), first (R, P + 1), length (R, P + 1), flows (R, P + 1, 3),
-// counts) where counts packs every window in (result, slot) order; slot P is the total.
+// stream keeps running), then two rounds of copies into pinned memory on a private stream.
+// Returns (f (R, P + 1, 8), n (R, P + 1, 5), nnz (R, P + 1), buckets, counts, flows (R, P + 1, 3)):
+// the non-empty log buckets (global bucket index, count) of every histogram in (result, slot,
+// bucket) order, nnz[i, t] of them for slot t of result i; slot P is the total.
 py::tuple fetch_many(const py::list& handles) {
   std::vector<CudaResult*> rs;
   for (const py::handle& h : handles) rs.push_back(h.cast<CudaResult*>());
@@ -416,28 +448,38 @@ py::tuple fetch_many(const py::list& handles) {
   const size_t p1 = static_cast<size_t>(L.tensors + 1);
   const size_t rec = static_cast<size_t>(L.record);
   const size_t hdr = static_cast<size_t>(cu::kHistHeader);
+  const size_t st_bytes = r * p1 * sizeof(MomentState);
+  const size_t head_bytes = log ? r * p1 * hdr * 8 : 0;
   std::vector<MomentState> st(r * p1);
   std::vector<int64_t> heads(log ? r * p1 * hdr : 0);
   std::vector<int64_t> first(r * p1, 0), len(r * p1, 0);
   std::vector<int64_t> lo_col(r, 0), width(r, 0);
-  std::vector<int64_t> staging;
+  std::vector<size_t> row_off(r, 0);  // int64 offset of result i's rows in the window round
+  size_t window_values = 0;
+  int64_t packed = 0;
+  PinnedStaging& pin = pinned_staging();
+  std::unique_ptr<std::lock_guard<std::mutex>> lock;
+  char* stage = nullptr;
   {
     py::gil_scoped_release release;
+    lock = std::make_unique<std::lock_guard<std::mutex>>(pin.mutex());
     cu::DeviceGuard guard(rs[0]->device());
     for (CudaResult* c : rs) c->wait_enqueued();
     void* side = cu::stream_create_nonblocking();
     try {
+      stage = pin.reserve(std::max<size_t>(st_bytes + head_bytes, 1));
       for (size_t i = 0; i < r; ++i) {
         const char* b = rs[i]->data();
-        cu::copy_to_host_async(st.data() + i * p1, b + L.off_states, p1 * sizeof(MomentState),
-                               side);
+        cu::copy_to_host_async(stage + i * p1 * sizeof(MomentState), b + L.off_states,
+                               p1 * sizeof(MomentState), side);
         if (log) {
-          cu::copy_rows_to_host_async(heads.data() + i * p1 * hdr, b + L.off_hist, hdr * 8,
-                                      rec * 8, p1, side);
+          cu::copy_rows_to_host_async(stage + st_bytes + i * p1 * hdr * 8, b + L.off_hist,
+                                      hdr * 8, rec * 8, p1, side);
         }
       }
       cu::stream_synchronize(side);
-      size_t total = 0;
+      std::memcpy(st.data(), stage, st_bytes);
+      if (log) std::memcpy(heads.data(), stage + st_bytes, head_bytes);
       for (size_t i = 0; log && i < r; ++i) {
         int64_t lo = L.nb, hi = -1;
         for (size_t t = 0; t < p1; ++t) {
@@ -446,23 +488,26 @@ py::tuple fetch_many(const py::list& handles) {
           const int64_t a = L.nb - h[3], z = h[4] - 1;
           first[i * p1 + t] = a;
           len[i * p1 + t] = z - a + 1;
+          packed += z - a + 1;
           lo = std::min(lo, a);
           hi = std::max(hi, z);
         }
         lo_col[i] = hi >= 0 ? lo : 0;
         width[i] = hi >= 0 ? hi - lo + 1 : 0;
-        total += p1 * static_cast<size_t>(width[i]);
+        row_off[i] = window_values;
+        window_values += p1 * static_cast<size_t>(width[i]);
       }
-      staging.resize(total);
-      size_t off = 0;
-      for (size_t i = 0; log && i < r; ++i) {
-        if (width[i] == 0) continue;
-        const char* src = rs[i]->data() + L.off_hist + (hdr + static_cast<size_t>(lo_col[i])) * 8;
-        cu::copy_rows_to_host_async(staging.data() + off, src, static_cast<size_t>(width[i]) * 8,
-                                    rec * 8, p1, side);
-        off += p1 * static_cast<size_t>(width[i]);
+      if (window_values > 0) {
+        stage = pin.reserve(window_values * 8);
+        for (size_t i = 0; i < r; ++i) {
+          if (width[i] == 0) continue;
+          const char* src =
+              rs[i]->data() + L.off_hist + (hdr + static_cast<size_t>(lo_col[i])) * 8;
+          cu::copy_rows_to_host_async(stage + row_off[i] * 8, src,
+                                      static_cast<size_t>(width[i]) * 8, rec * 8, p1, side);
+        }
+        cu::stream_synchronize(side);
       }
-      cu::stream_synchronize(side);
     } catch (...) {
       cu::stream_destroy_noexcept(side);
       throw;
@@ -472,29 +517,40 @@ py::tuple fetch_many(const py::list& handles) {
   const py::ssize_t R = static_cast<py::ssize_t>(r), P1 = static_cast<py::ssize_t>(p1);
   py::array_t<double> f({R, P1, py::ssize_t(8)});
   py::array_t<int64_t> n({R, P1, py::ssize_t(5)});
-  py::array_t<int64_t> first_a({R, P1}), len_a({R, P1}), flows({R, P1, py::ssize_t(3)});
-  int64_t packed = 0;
-  for (int64_t v : len) packed += v;
-  py::array_t<int64_t> counts(static_cast<py::ssize_t>(packed));
-  int64_t* cp = counts.mutable_data();
+  py::array_t<int64_t> nnz({R, P1}), flows({R, P1, py::ssize_t(3)});
+  std::vector<int64_t> buckets, counts;
+  buckets.reserve(static_cast<size_t>(packed));
+  counts.reserve(static_cast<size_t>(packed));
   int64_t* fl = flows.mutable_data();
-  size_t off = 0;
+  int64_t* nz = nnz.mutable_data();
+  const int64_t* windows = reinterpret_cast<const int64_t*>(stage);
   for (size_t i = 0; i < r; ++i) {
     for (size_t t = 0; t < p1; ++t) {
       const size_t k = i * p1 + t;
       state_to_row(st[k], f.mutable_data() + k * 8, n.mutable_data() + k * 5);
-      first_a.mutable_data()[k] = first[k];
-      len_a.mutable_data()[k] = len[k];
       for (size_t j = 0; j < 3; ++j) fl[k * 3 + j] = log ? heads[k * hdr + j] : 0;
+      const size_t before = counts.size();
       if (len[k] > 0) {
-        const int64_t* row = staging.data() + off + t * static_cast<size_t>(width[i]);
-        std::memcpy(cp, row + (first[k] - lo_col[i]), static_cast<size_t>(len[k]) * 8);
-        cp += len[k];
+        const int64_t* row = windows + row_off[i] + t * static_cast<size_t>(width[i]) +
+                             (first[k] - lo_col[i]);
+        for (int64_t j = 0; j < len[k]; ++j) {
+          if (row[j] != 0) {
+            buckets.push_back(first[k] + j);
+            counts.push_back(row[j]);
+          }
+        }
       }
+      nz[k] = static_cast<int64_t>(counts.size() - before);
     }
-    off += p1 * static_cast<size_t>(width[i]);
   }
-  return py::make_tuple(f, n, first_a, len_a, flows, counts);
+  lock.reset();
+  py::array_t<int64_t> b_a(static_cast<py::ssize_t>(buckets.size()));
+  py::array_t<int64_t> c_a(static_cast<py::ssize_t>(counts.size()));
+  if (!buckets.empty()) {
+    std::memcpy(b_a.mutable_data(), buckets.data(), buckets.size() * 8);
+    std::memcpy(c_a.mutable_data(), counts.data(), counts.size() * 8);
+  }
+  return py::make_tuple(f, n, nnz, b_a, c_a, flows);
 }
 
 using I64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
@@ -538,8 +594,8 @@ void register_cuda(py::module_& m) {
       .def_property_readonly("tensors", &CudaPlan::tensors)
       .def_property_readonly("result_bytes", &CudaPlan::result_bytes);
   m.def("fetch_many", &fetch_many, py::arg("results"),
-        "States and log-histogram windows of many CudaResults (same plan, totals launched): "
-        "(f, n, first, length, flows, counts). Waits only for each result's own work.");
+        "States and non-empty log-histogram buckets of many CudaResults (same plan, totals "
+        "launched): (f, n, nnz, buckets, counts, flows). Waits only for each result's own work.");
   m.def("describe_cuda", &describe_cuda, py::arg("capsules"), py::arg("names"), py::arg("device"),
         py::arg("stream"), py::arg("hist_kind"), py::arg("bins"), py::arg("mantissa_bits"),
         py::arg("edge_mode"), py::arg("lo"), py::arg("hi"), py::arg("edges"),

@@ -12,6 +12,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstdint>
 #include <stdexcept>
@@ -658,24 +659,39 @@ __global__ void range_edges_kernel(double* out, int64_t bins, double lo, double 
   if (i <= bins) out[i] = linspace_at(i, bins, lo, hi);
 }
 
-// Block 0 merges the P tensor states into slot P; with_hist: column sums of the records (window
-// columns take the maximum).
-__global__ void __launch_bounds__(kThreads) total_kernel(const Params p, int with_hist) {
+// Tensors whose histogram records one block row of total_kernel adds up (at least).
+constexpr int64_t kTotalGroup = 16;
+
+// Block (0, 0) merges the P tensor states into slot P (fixed order). With with_hist, block (x, y)
+// adds columns [256 x, 256 x + 256) of the records of tensors [g y, g y + g) into the total
+// record (zeroed first) with integer atomics, so the sums do not depend on the order; the window
+// columns take the maximum.
+__global__ void __launch_bounds__(kThreads)
+    total_kernel(const Params p, int with_hist, int64_t group) {
   __shared__ MomentState part[kThreads];
-  if (blockIdx.x == 0) {
+  if (blockIdx.x == 0 && blockIdx.y == 0) {
     block_merge_range(p.states, p.tensors, part);
     if (threadIdx.x == 0) p.states[p.tensors] = part[0];
   }
   if (with_hist) {
     const int64_t col = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+    const int64_t t0 = static_cast<int64_t>(blockIdx.y) * group;
+    const int64_t t1 = min(p.tensors, t0 + group);
     if (col < p.record) {
       const bool is_max = p.hist_kind == kHistLog && (col == 3 || col == 4);
       unsigned long long acc = 0;
-      for (int64_t t = 0; t < p.tensors; ++t) {
+      for (int64_t t = t0; t < t1; ++t) {
         const unsigned long long v = p.hist[t * p.record + col];
         acc = is_max ? (v > acc ? v : acc) : acc + v;
       }
-      p.hist[p.tensors * p.record + col] = acc;
+      unsigned long long* dst = p.hist + p.tensors * p.record + col;
+      if (acc != 0) {
+        if (is_max) {
+          atomicMax(dst, acc);
+        } else {
+          atomicAdd(dst, acc);
+        }
+      }
     }
   }
 }
@@ -850,8 +866,15 @@ void launch_total(const Request& req, const Layout& L, void* result, void* strea
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const Params p = make_params(req, L, result, nullptr);
   const bool hist = with_hist && L.record > 0;
-  const int64_t blocks = hist ? (L.record + kThreads - 1) / kThreads : 1;
-  total_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(p, hist ? 1 : 0);
+  dim3 grid(1, 1);
+  const int64_t group = std::max<int64_t>(kTotalGroup, (L.tensors + 65534) / 65535);  // grid.y
+  if (hist) {
+    PWS_CUDA_CHECK(cudaMemsetAsync(p.hist + L.tensors * L.record, 0,
+                                   static_cast<size_t>(L.record) * 8, s));
+    grid.x = static_cast<unsigned>((L.record + kThreads - 1) / kThreads);
+    grid.y = static_cast<unsigned>(std::max<int64_t>(1, (L.tensors + group - 1) / group));
+  }
+  total_kernel<<<grid, kThreads, 0, s>>>(p, hist ? 1 : 0, group);
   PWS_CUDA_CHECK_LAUNCH("total_kernel launch");
 }
 
@@ -922,6 +945,16 @@ void* stream_create_nonblocking() {
   cudaStream_t s = nullptr;
   PWS_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   return s;
+}
+
+void* host_alloc_pinned(size_t bytes) {
+  void* ptr = nullptr;
+  PWS_CUDA_CHECK(cudaHostAlloc(&ptr, bytes, cudaHostAllocDefault));
+  return ptr;
+}
+
+void host_free_pinned_noexcept(void* ptr) noexcept {
+  if (ptr != nullptr && cudaFreeHost(ptr) != cudaSuccess) (void)cudaGetLastError();
 }
 
 void stream_destroy_noexcept(void* stream) noexcept {

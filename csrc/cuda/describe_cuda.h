@@ -104,6 +104,9 @@ void event_record(void* event, void* stream);
 void event_synchronize(void* event);
 void event_destroy_noexcept(void* event) noexcept;
 void* stream_create_nonblocking();
+// Page-locked host memory (fast, truly asynchronous device-to-host copies).
+void* host_alloc_pinned(size_t bytes);
+void host_free_pinned_noexcept(void* ptr) noexcept;
 void stream_destroy_noexcept(void* stream) noexcept;
 
 // Restores the previous current device on destruction.

@@ -18,16 +18,16 @@ Storage is columnar and compact:
 
 On a CUDA model the tracker builds a launch plan once (the parameters are validated and laid
 out a single time) and each record only enqueues one fused pass over all parameters and their
-total on the current stream; the raw results stay on the device.  They are converted to the
-columnar store, all pending records in one bulk copy, only when :meth:`WeightTracker.trajectory`,
-:meth:`~WeightTracker.histogram`, :meth:`~WeightTracker.save` or
-:meth:`~WeightTracker.to_tensorboard` is called, or when ``max_pending`` records have accumulated
-(which bounds the device memory they hold).  That conversion waits for the pending records' own
-work only, never for training work queued after them, and never runs on the hot path.  The plan
-follows the parameter objects found at the first record: if a parameter's storage moves (e.g.
-``p.data = ...`` or ``model.to(...)``) the plan is rebuilt; replacing parameter objects (e.g.
-assigning a new submodule) is detected at the next conversion, which then raises.  On the CPU
-each record is converted at once.
+total on the current stream; the raw results stay on the device.  A record is copied to the
+columnar store once three newer records exist (its device work finished long before, so the copy
+waits for nothing and the work is spread over the steps), and all pending records are copied in
+one bulk transfer when :meth:`WeightTracker.trajectory`, :meth:`~WeightTracker.histogram`,
+:meth:`~WeightTracker.save` or :meth:`~WeightTracker.to_tensorboard` is called.  Copies wait for
+the records' own device work only (an event per record), never for training work queued after
+them.  The plan follows the parameter objects found at the first record: if a parameter's
+storage moves (e.g. ``p.data = ...`` or ``model.to(...)``) the plan is rebuilt; replacing
+parameter objects (e.g. assigning a new submodule) is detected within 64 records and at every
+bulk copy, which then raise.  On the CPU each record is converted at once.
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ TOTAL_NAME = "__total__"
 _FLOW_FIELDS = ("underflow", "overflow", "nan_count")
 _FORMAT_VERSION = 1
 _MAX_MANTISSA_BITS = 10
+# CUDA models: a record is converted to the store once this many newer records exist.
+_CONVERT_LAG = 3
+# CUDA models: check this often (in records) that the model still has the plan's parameter objects.
+_IDENTITY_CHECK_EVERY = 64
 
 
 def _check_int(value: object, arg: str, minimum: int, maximum: int | None = None) -> int:
@@ -127,8 +131,10 @@ class WeightTracker:
         Mantissa bits ``m`` of the universal log histograms (0..10); bucket widths are
         ``2**-m`` of the magnitude.
     max_pending : int
-        Device models only: convert the deferred device summaries to host arrays once this many
-        records are pending (bounds the device memory they hold; one sync per batch).
+        Device models only: convert the deferred device results to host arrays at the latest
+        once this many records are pending (bounds the device memory they hold). With a launch
+        plan (CUDA tensors) records are converted as soon as 3 newer records exist, a few at
+        each step, which never waits for the device; ``max_pending`` then only matters below 4.
     lazy : bool, optional
         Defer conversion as on a device (``None``: only when the parameters are not on the CPU).
 
@@ -165,6 +171,7 @@ class WeightTracker:
         self._plan: Any = None  # stats._cuda.Plan over self._plan_params (CUDA models)
         self._plan_params: list[Any] = []
         self._plan_failed = False
+        self._since_check = 0  # records since the plan's parameter objects were checked
         self.names: list[str] = [*names, TOTAL_NAME]
         self.num_steps = 0
         self._init_store()
@@ -174,9 +181,12 @@ class WeightTracker:
         self._pending: list[tuple[int, list[Any]]] = []
         self._steps = _Column(np.int64)
         self._stats = _Column(np.float64, (width, len(STAT_FIELDS)))
-        self._hist = {key: _Column(np.int64) for key in ("record", "tensor", "bucket", "count")}
+        # Non-empty buckets (bucket, count), ordered by record, tensor, bucket; _nnz[r, t] of them
+        # belong to record r, tensor t (the record/tensor columns are expanded on read).
+        self._hist = {key: _Column(np.int64) for key in ("bucket", "count")}
+        self._nnz = _Column(np.int64, (width,))
         self._flows = _Column(np.int64, (width, len(_FLOW_FIELDS)))
-        self._key_cache: np.ndarray | None = None  # record * width + tensor of the hist rows
+        self._offsets: np.ndarray | None = None  # cumulative _nnz (flat), built on read
 
     # ------------------------------------------------------------------ recording
     @property
@@ -210,8 +220,17 @@ class WeightTracker:
         if self._plan is not None and self._plan.matches(self._plan_params):
             # Hot path on CUDA: one enqueue, no per-tensor Python work, no synchronisation.
             self._pending.append((self.num_steps, self._plan.launch()))
+            self._since_check += 1
             if self._lazy is False or len(self._pending) >= self.max_pending:
                 self._flush()
+            elif len(self._pending) > _CONVERT_LAG:
+                # Records this old finished on the device long ago: converting them waits for
+                # nothing, and spreading the work over the steps never stalls the device.
+                if self._since_check >= _IDENTITY_CHECK_EVERY:
+                    self._check_plan_params()
+                done = len(self._pending) - _CONVERT_LAG
+                run, self._pending = self._pending[:done], self._pending[done:]
+                self._store(run, self._convert_raw(run))
             return
         from pyweightstat import describe_many
 
@@ -225,6 +244,7 @@ class WeightTracker:
                 self._plan, self._plan_failed = None, True
             else:
                 self._plan_params = params
+                self._since_check = 0
                 self.record()
                 return
         detached = [p.detach() for p in params]
@@ -252,16 +272,9 @@ class WeightTracker:
         """Convert pending records into the columnar store (reads device values once)."""
         if not self._pending:
             return
+        if self._plan is not None:
+            self._check_plan_params()
         pending, self._pending = self._pending, []
-        if self._plan is not None and self._model is not None:
-            current = self._current_params()
-            if any(a is not b for a, b in zip(current, self._plan_params, strict=True)):
-                self._plan = None
-                raise RuntimeError(
-                    "the model's parameter objects were replaced since the tracker's first "
-                    f"record; the {len(pending)} pending records may hold the old tensors and "
-                    "were dropped"
-                )
         # Consecutive runs of the same kind: raw plan results (one bulk fetch) or Summaries.
         start = 0
         while start < len(pending):
@@ -273,13 +286,26 @@ class WeightTracker:
             self._store(run, self._convert_raw(run) if raw else self._convert_summaries(run))
             start = stop
 
+    def _check_plan_params(self) -> None:
+        """Raise (dropping pending records) if the model's parameter objects were replaced."""
+        self._since_check = 0
+        if self._model is None:
+            return
+        current = self._current_params()
+        if any(a is not b for a, b in zip(current, self._plan_params, strict=True)):
+            dropped, self._pending, self._plan = len(self._pending), [], None
+            raise RuntimeError(
+                "the model's parameter objects were replaced since the tracker built its plan; "
+                f"the {dropped} pending records may hold the old tensors and were dropped"
+            )
+
     @staticmethod
     def _convert_raw(run: list[tuple[int, Any]]) -> tuple[np.ndarray, ...]:
         from .stats import _cuda
         from .stats.summary import fields_from_states
 
-        f, n, first, length, flows, counts = _cuda.fetch_many([res for _, res in run])
-        return fields_from_states(f, n), first.ravel(), length.ravel(), counts, flows
+        f, n, nnz, buckets, counts, flows = _cuda.fetch_many([res for _, res in run])
+        return fields_from_states(f, n), nnz, buckets, counts, flows
 
     @staticmethod
     def _convert_summaries(run: list[tuple[int, Any]]) -> tuple[np.ndarray, ...]:
@@ -288,29 +314,47 @@ class WeightTracker:
             dtype=np.float64,
         )
         hists = [s.hist for _, summaries in run for s in summaries]
-        counts = [np.asarray(h.counts, dtype=np.int64) for h in hists]
-        lengths = np.array([len(c) for c in counts], dtype=np.int64)
-        firsts = np.array([int(h.first) for h in hists], dtype=np.int64)
-        flat = np.concatenate(counts) if counts else np.empty(0, np.int64)
+        nnz = np.empty(len(hists), dtype=np.int64)
+        buckets, counts = [], []
+        for i, h in enumerate(hists):
+            c = np.asarray(h.counts, dtype=np.int64)
+            idx = np.flatnonzero(c)
+            nnz[i] = len(idx)
+            buckets.append(idx + int(h.first))
+            counts.append(c[idx])
         flows = np.array([[getattr(h, f) for f in _FLOW_FIELDS] for h in hists], dtype=np.int64)
-        return rows, firsts, lengths, flat, flows
+        empty = np.empty(0, np.int64)
+        return (
+            rows,
+            nnz.reshape(len(run), -1),
+            np.concatenate(buckets) if buckets else empty,
+            np.concatenate(counts) if counts else empty,
+            flows,
+        )
 
     def _store(self, run: list[tuple[int, Any]], converted: tuple[np.ndarray, ...]) -> None:
         """Append converted records: stats rows and the non-empty histogram buckets."""
-        rows, firsts, lengths, flat, flows = converted
-        first_record = self._steps.n
-        starts = np.cumsum(lengths) - lengths
-        bucket = np.repeat(firsts - starts, lengths) + np.arange(len(flat), dtype=np.int64)
+        rows, nnz, buckets, counts, flows = converted
         width = len(self.names)
-        slot = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
-        keep = flat != 0
-        self._hist["record"].extend(first_record + slot[keep] // width)
-        self._hist["tensor"].extend(slot[keep] % width)
-        self._hist["bucket"].extend(bucket[keep])
-        self._hist["count"].extend(flat[keep])
+        self._hist["bucket"].extend(buckets)
+        self._hist["count"].extend(counts)
+        self._nnz.extend(np.asarray(nnz, np.int64).reshape(len(run), width))
+        self._offsets = None
         self._flows.extend(np.asarray(flows, np.int64).reshape(len(run), width, len(_FLOW_FIELDS)))
         self._steps.extend(np.array([step for step, _ in run], dtype=np.int64))
         self._stats.extend(rows)
+
+    def _record_tensor_columns(self) -> dict[str, np.ndarray]:
+        """The ``hist_record`` and ``hist_tensor`` columns of the stored buckets."""
+        nnz = self._nnz.values
+        records, width = nnz.shape
+        per_record = nnz.sum(axis=1)
+        return {
+            "hist_record": np.repeat(np.arange(records, dtype=np.int64), per_record),
+            "hist_tensor": np.repeat(
+                np.tile(np.arange(width, dtype=np.int64), records), nnz.ravel()
+            ),
+        }
 
     # ------------------------------------------------------------------ reading
     def trajectory(self) -> dict[str, Any]:
@@ -332,6 +376,7 @@ class WeightTracker:
             "steps": self._steps.values.copy(),
             "stat_fields": STAT_FIELDS,
             "stats": self._stats.values.copy(),
+            **self._record_tensor_columns(),
             **{f"hist_{key}": col.values.copy() for key, col in self._hist.items()},
             "hist_flows": self._flows.values.copy(),
             "mantissa_bits": self.mantissa_bits,
@@ -362,11 +407,11 @@ class WeightTracker:
     def _window(self, tensor: int, record: int) -> tuple[np.ndarray, int]:
         """Dense counts and first bucket of one stored histogram."""
         width = len(self.names)
-        rows = self._hist["count"].n
-        if self._key_cache is None or len(self._key_cache) != rows:  # sorted by construction
-            self._key_cache = self._hist["record"].values * width + self._hist["tensor"].values
-        target = record * width + tensor
-        lo, hi = np.searchsorted(self._key_cache, [target, target + 1])
+        if self._offsets is None:
+            self._offsets = np.concatenate(([0], np.cumsum(self._nnz.values.ravel())))
+        lo, hi = (
+            int(v) for v in self._offsets[record * width + tensor : record * width + tensor + 2]
+        )
         buckets = self._hist["bucket"].values[lo:hi]
         if not len(buckets):
             return np.zeros(0, np.int64), 0
@@ -470,6 +515,7 @@ class WeightTracker:
         tracker._model = None
         tracker._lazy = False
         tracker._plan, tracker._plan_params, tracker._plan_failed = None, [], False
+        tracker._since_check = 0
         tracker.names = [str(n) for n in data["names"]]
         tracker.every = int(data["every"])
         tracker.mantissa_bits = int(data["mantissa_bits"])
@@ -480,6 +526,11 @@ class WeightTracker:
         tracker._stats.extend(data["stats"].astype(np.float64))
         for key, col in tracker._hist.items():
             col.extend(data[f"hist_{key}"].astype(np.int64))
+        width, records = len(tracker.names), len(data["steps"])
+        keys = data["hist_record"].astype(np.int64) * width + data["hist_tensor"].astype(np.int64)
+        if len(keys) and np.any(np.diff(keys) < 0):
+            raise ValueError(f"{path}: histogram rows are not ordered by record and tensor")
+        tracker._nnz.extend(np.bincount(keys, minlength=records * width).reshape(records, width))
         tracker._flows.extend(data["hist_flows"].astype(np.int64))
         return tracker
 

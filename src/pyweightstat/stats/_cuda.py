@@ -369,14 +369,15 @@ def fetch_many(results: list[Any]) -> tuple[np.ndarray, ...]:
     """Copy many :meth:`Plan.launch` results to the host at once.
 
     Waits only for the work of those results (later work on the stream keeps running), then
-    copies every state and the occupied window of every log histogram.
+    copies every state and the occupied window of every log histogram through pinned memory.
 
     Returns
     -------
     tuple
         ``f`` (R, P + 1, 8) float64 and ``n`` (R, P + 1, 5) int64 raw states (slot ``P`` is the
-        total), ``first`` and ``length`` (R, P + 1) int64 of each histogram window, ``flows``
-        (R, P + 1, 3) int64 (underflow, overflow, NaN) and ``counts``, every window packed in
-        (result, slot) order.
+        total); ``nnz`` (R, P + 1) int64, the number of non-empty log buckets of each
+        histogram; ``buckets`` and ``counts`` int64, those buckets (global index on the universal
+        grid) and their counts in (result, slot, bucket) order; ``flows`` (R, P + 1, 3) int64
+        (underflow, overflow, NaN counts).
     """
     return tuple(_core().fetch_many(list(results)))
