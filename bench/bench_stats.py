@@ -812,7 +812,7 @@ def bench_tracker(
             torch.cuda.synchronize()
 
     k = 20 if device == "cuda" else 5
-    rounds = 5 if device == "cuda" else 3
+    rounds = 7 if device == "cuda" else 3
     fracs, plain_s, tracked_s = [], [], []
     tracked = WeightTracker(model, mantissa_bits=3, max_pending=k)
     tracked.record()  # builds the plan outside the timed loops
