@@ -142,7 +142,8 @@ def test_strided_inputs(case: int) -> None:
 
 # ------------------------------------------------------------------------------ histograms
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("bins", [1, 7, 256, 6000])  # 6000: counters in global memory
+# shared-memory counters in 4 copies (<= 256 bins), 1 copy (6000), global memory (20000)
+@pytest.mark.parametrize("bins", [1, 7, 256, 6000, 20000])
 @pytest.mark.parametrize("with_range", [False, True])
 def test_uniform_histogram_exact(dtype: torch.dtype, bins: int, with_range: bool) -> None:
     x = _data(200_003, dtype, seed=bins)
@@ -185,7 +186,8 @@ def test_uniform_explicit_edges() -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("m", [0, 3, 4, 5, 7, 10])  # m <= 4 shared-memory counters, else global
+# shared-memory counters in 4 copies (m <= 3), 2 (m = 4), 1 (m = 5); global memory (m >= 6)
+@pytest.mark.parametrize("m", [0, 3, 4, 5, 7, 10])
 def test_log_histogram_exact(dtype: torch.dtype, m: int) -> None:
     x = _data(300_001, dtype, seed=m)
     x = torch.cat([x, -x[:1000], x[:500] * 1e-3, torch.zeros(7, device=DEV, dtype=dtype)])

@@ -31,9 +31,14 @@ namespace {
 
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kWarps = kThreads / 32;
-// Dynamic shared memory a block may use for privatised histogram counters (and uniform edges);
-// below the 48 KB that needs no opt-in, with the static shared memory of the kernel on top.
-constexpr size_t kSharedHistBudget = 40 * 1024;
+// Dynamic shared memory a block may use for privatised histogram counters (and uniform edges).
+// Above 48 KB the kernels opt in; 72 KB keeps the 3 blocks per SM that the histogram kernels'
+// registers allow (227 KB of shared memory per SM on sm_90, 164 KB on sm_80: 2 blocks there).
+constexpr size_t kSharedHistBudget = 72 * 1024;
+// Copies of the shared counters (lane l adds into copy l % copies): lanes of one warp that hit
+// the same bin serialise on one address, and weights pile up in a few central bins. As many
+// copies (4, 2 or 1) as fit in the budget.
+constexpr int kMaxHistCopies = 4;
 
 size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
@@ -65,7 +70,7 @@ struct Params {
   int32_t hist_kind;
   int32_t mbits;
   int32_t edge_mode;
-  int32_t privatised;
+  int32_t copies;  // shared-memory copies of the counters; 0: counters in global memory
 };
 
 static_assert(sizeof(EntryTable) + sizeof(Params) <= 32000,
@@ -568,16 +573,18 @@ __global__ void __launch_bounds__(kThreads, kKind == kKindGeneric ? 3 : (kHist =
   h.ul = UniformLayout{0, 0.0, 0.0, 0.0, nullptr};
   if constexpr (kHist != kHistNone) {
     h.g = p.hist + gt * p.record;
-    if (p.privatised) {
-      h.sh = reinterpret_cast<unsigned int*>(dyn_smem);
-      for (int64_t i = tid; i < p.record; i += kThreads) h.sh[i] = 0u;
+    if (p.copies > 0) {
+      unsigned int* counters = reinterpret_cast<unsigned int*>(dyn_smem);
+      for (int64_t i = tid; i < p.copies * p.record; i += kThreads) counters[i] = 0u;
+      h.sh = counters + ((tid & 31) % p.copies) * p.record;
     }
     if constexpr (kHist == kHistUniform) {
       const double* ge = p.edges + gt * p.edge_stride;
       const double* edges = ge;
-      if (p.privatised) {
+      if (p.copies > 0) {
         double* se = reinterpret_cast<double*>(
-            dyn_smem + (static_cast<size_t>(p.record) * sizeof(unsigned int) + 15) / 16 * 16);
+            dyn_smem +
+            (static_cast<size_t>(p.copies * p.record) * sizeof(unsigned int) + 15) / 16 * 16);
         for (int64_t i = tid; i <= p.bins; i += kThreads) se[i] = ge[i];
         edges = se;
       }
@@ -621,12 +628,14 @@ __global__ void __launch_bounds__(kThreads, kKind == kKindGeneric ? 3 : (kHist =
         atomicMax(&h.g[4], static_cast<unsigned long long>(whi + 1));
       }
     }
-    if (p.privatised) {
+    if (p.copies > 0) {
       __syncthreads();
+      const unsigned int* counters = reinterpret_cast<const unsigned int*>(dyn_smem);
       for (int64_t i = tid; i < p.record; i += kThreads) {
         if (i == 3 || i == 4) continue;
-        const unsigned int c = h.sh[i];
-        if (c != 0u) atomicAdd(&h.g[i], static_cast<unsigned long long>(c));
+        unsigned long long c = 0;
+        for (int k = 0; k < p.copies; ++k) c += counters[k * p.record + i];
+        if (c != 0u) atomicAdd(&h.g[i], c);
       }
     }
   }
@@ -712,20 +721,35 @@ Params make_params(const Request& req, const Layout& L, void* result, void* scra
   p.hist_kind = req.hist_kind;
   p.mbits = req.mantissa_bits;
   p.edge_mode = req.edge_mode;
-  p.privatised = hist_privatised(req) ? 1 : 0;
+  p.copies = hist_copies(req);
   return p;
 }
 
-size_t shared_hist_bytes(const Request& req) {
+// Shared memory of `copies` copies of the counters (and the uniform edges).
+size_t shared_hist_bytes(const Request& req, int copies) {
   if (req.hist_kind == kHistUniform) {
-    return round_up(static_cast<size_t>(kHistHeader + req.bins) * sizeof(unsigned int), 16) +
+    return round_up(static_cast<size_t>(copies) * static_cast<size_t>(kHistHeader + req.bins) *
+                        sizeof(unsigned int),
+                    16) +
            static_cast<size_t>(req.bins + 1) * sizeof(double);
   }
   if (req.hist_kind == kHistLog) {
-    return static_cast<size_t>(kHistHeader + log_num_buckets(req.mantissa_bits)) *
+    return static_cast<size_t>(copies) *
+           static_cast<size_t>(kHistHeader + log_num_buckets(req.mantissa_bits)) *
            sizeof(unsigned int);
   }
   return 0;
+}
+
+template <int kKind, bool kState, int kHist>
+void launch_kind(const dim3& g, size_t smem, cudaStream_t s, const EntryTable& tab,
+                 const Params& p) {
+  if (smem > 32 * 1024) {  // opt in above the default 48 KB (static shared memory included)
+    PWS_CUDA_CHECK(cudaFuncSetAttribute(fused_kernel<kKind, kState, kHist>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(smem)));
+  }
+  fused_kernel<kKind, kState, kHist><<<g, kThreads, smem, s>>>(tab, p);
 }
 
 template <bool kState, int kHist>
@@ -733,12 +757,12 @@ void launch_fused(const EntryTable& tab, const Params& p, size_t smem, cudaStrea
   const int64_t grid = tab.chunk_begin[tab.count];
   if (grid == 0) return;
   if (grid > INT_MAX) throw std::runtime_error("pyweightstat: too many CUDA work items in one launch");
-  const dim3 g(static_cast<unsigned>(grid)), b(kThreads);
+  const dim3 g(static_cast<unsigned>(grid));
   switch (tab.kind) {
-    case kKindF32: fused_kernel<kKindF32, kState, kHist><<<g, b, smem, s>>>(tab, p); break;
-    case kKindF16: fused_kernel<kKindF16, kState, kHist><<<g, b, smem, s>>>(tab, p); break;
-    case kKindBF16: fused_kernel<kKindBF16, kState, kHist><<<g, b, smem, s>>>(tab, p); break;
-    default: fused_kernel<kKindGeneric, kState, kHist><<<g, b, smem, s>>>(tab, p); break;
+    case kKindF32: launch_kind<kKindF32, kState, kHist>(g, smem, s, tab, p); break;
+    case kKindF16: launch_kind<kKindF16, kState, kHist>(g, smem, s, tab, p); break;
+    case kKindBF16: launch_kind<kKindBF16, kState, kHist>(g, smem, s, tab, p); break;
+    default: launch_kind<kKindGeneric, kState, kHist>(g, smem, s, tab, p); break;
   }
   PWS_CUDA_CHECK_LAUNCH("fused_kernel launch");
 }
@@ -793,9 +817,19 @@ std::vector<EntryTable> make_tables(const std::vector<Entry>& entries) {
 }  // namespace
 
 // ---------------------------------------------------------------- public launchers
-bool hist_privatised(const Request& req) {
-  const size_t b = shared_hist_bytes(req);
-  return b > 0 && b <= kSharedHistBudget;
+int hist_copies(const Request& req) {
+  if (req.hist_kind == kHistNone) return 0;
+  // The current device's opt-in limit, less room for the kernel's static shared memory.
+  int device = 0, optin = 0;
+  PWS_CUDA_CHECK(cudaGetDevice(&device));
+  PWS_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const size_t limit = optin > 4096 ? static_cast<size_t>(optin) - 4096 : 0;
+  const size_t budget = std::min(kSharedHistBudget, limit);
+  for (int c = kMaxHistCopies; c >= 1; c /= 2) {
+    const size_t b = shared_hist_bytes(req, c);
+    if (b > 0 && b <= budget) return c;
+  }
+  return 0;
 }
 
 Layout make_layout(const std::vector<int64_t>& numels, const Request& req) {
@@ -840,7 +874,7 @@ void launch_describe(const std::vector<Entry>& entries, const Request& req, cons
     }
   }
   const std::vector<EntryTable> tables = make_tables(entries);
-  const size_t smem = p.privatised ? shared_hist_bytes(req) : 0;
+  const size_t smem = p.copies > 0 ? shared_hist_bytes(req, p.copies) : 0;
   if (req.hist_kind == kHistUniform && req.edge_mode == kEdgesData) {
     for (const EntryTable& tab : tables) {
       launch_fused<true, kHistNone>(tab, p, 0, s);
