@@ -14,6 +14,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../cpu/strided.h"
@@ -47,7 +48,8 @@ class DeviceBuffer {
     if (!allocator.is_none()) {
       keep_ = allocator(py::int_(bytes));
       ptr_ = to_ptr(keep_.attr("data_ptr")().cast<uintptr_t>());
-      if (ptr_ == nullptr) throw std::runtime_error("pyweightstat: allocator returned a null buffer");
+      if (ptr_ == nullptr)
+        throw std::runtime_error("pyweightstat: allocator returned a null buffer");
     } else {
       device_ = device;
       stream_ = stream;
@@ -82,7 +84,6 @@ class DeviceBuffer {
   void* stream_ = nullptr;
   py::object keep_;
 };
-
 
 class CudaResult {
  public:
@@ -122,8 +123,8 @@ class CudaResult {
     py::tuple rows = fetch_rows(0, layout_.tensors, req_.hist_kind != cu::kHistNone);
     py::object edges = py::none();
     if (req_.hist_kind == cu::kHistUniform && req_.edge_mode == cu::kEdgesData) {
-      py::array_t<double> e({static_cast<py::ssize_t>(layout_.tensors),
-                             static_cast<py::ssize_t>(req_.bins + 1)});
+      py::array_t<double> e(
+          {static_cast<py::ssize_t>(layout_.tensors), static_cast<py::ssize_t>(req_.bins + 1)});
       {
         py::gil_scoped_release release;
         cu::DeviceGuard guard(device_);
@@ -149,7 +150,8 @@ class CudaResult {
 
   // (f (8,), n (5,), hist tuple or None) of the total (launch_total first).
   py::tuple fetch_total() {
-    if (!total_ready_) throw std::runtime_error("pyweightstat: fetch_total() before launch_total()");
+    if (!total_ready_)
+      throw std::runtime_error("pyweightstat: fetch_total() before launch_total()");
     py::tuple rows = fetch_rows(layout_.tensors, 1, total_hist_);
     py::object h = py::none();
     if (total_hist_) h = rows[2].cast<py::list>()[0];
@@ -172,16 +174,17 @@ class CudaResult {
     py::array_t<int64_t> uni;    // uniform: whole records
     const bool uniform = with_hist && req_.hist_kind == cu::kHistUniform;
     const bool log = with_hist && req_.hist_kind == cu::kHistLog;
-    if (uniform) uni = py::array_t<int64_t>({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(rec)});
+    if (uniform)
+      uni = py::array_t<int64_t>({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(rec)});
     if (log) heads.resize(n * cu::kHistHeader);
     int64_t* uni_ptr = uniform ? uni.mutable_data() : nullptr;
     const char* hist = base() + layout_.off_hist + static_cast<size_t>(t0) * rec * 8;
     {
       py::gil_scoped_release release;
       cu::DeviceGuard guard(device_);
-      cu::copy_to_host_async(st.data(),
-                             base() + layout_.off_states + static_cast<size_t>(t0) * sizeof(MomentState),
-                             n * sizeof(MomentState), stream_);
+      cu::copy_to_host_async(
+          st.data(), base() + layout_.off_states + static_cast<size_t>(t0) * sizeof(MomentState),
+          n * sizeof(MomentState), stream_);
       if (uniform) cu::copy_to_host_async(uni_ptr, hist, n * rec * 8, stream_);
       if (log) {
         cu::copy_rows_to_host_async(heads.data(), hist, cu::kHistHeader * 8, rec * 8, n, stream_);
@@ -289,8 +292,9 @@ Inputs import_inputs(const py::list& caps, const std::vector<std::string>& names
     const TensorView& v = in.imported[i].view;
     const std::string what = i < names.size() ? names[i] : "input " + std::to_string(i);
     if (v.device != DeviceKind::CUDA) {
-      throw py::value_error(what + " is not a CUDA array (this is a bug in pyweightstat's "
-                                   "dispatch)");
+      throw py::value_error(what +
+                            " is not a CUDA array (this is a bug in pyweightstat's "
+                            "dispatch)");
     }
     if (v.device_id != device) {
       throw py::value_error(what + " is on cuda:" + std::to_string(v.device_id) +
@@ -313,8 +317,8 @@ cu::Request make_request(int hist_kind, int64_t bins, int mantissa_bits, int edg
   req.lo = lo;
   req.hi = hi;
   if (hist_kind < cu::kHistNone || hist_kind > cu::kHistLog) throw py::value_error("bad hist_kind");
-  if (hist_kind == cu::kHistUniform && (bins < 1 || edge_mode < cu::kEdgesRange ||
-                                        edge_mode > cu::kEdgesExplicit)) {
+  if (hist_kind == cu::kHistUniform &&
+      (bins < 1 || edge_mode < cu::kEdgesRange || edge_mode > cu::kEdgesExplicit)) {
     throw py::value_error("uniform histograms need bins >= 1 and an edge mode");
   }
   if (hist_kind == cu::kHistLog && (mantissa_bits < 0 || mantissa_bits > kMaxMantissaBits)) {
@@ -393,12 +397,28 @@ class CudaPlan {
   cu::Layout layout_;
 };
 
-// Grow-only page-locked staging buffer of fetch_many (one per process; the mutex serialises its
-// users). Pinned memory makes the strided (2-D) copies single DMA transfers.
+// Grow-only page-locked staging buffer of fetch_many and its copy stream per device (one per
+// process; the mutex serialises their users). Pinned memory makes the strided (2-D) copies single
+// DMA transfers.
 class PinnedStaging {
  public:
-  ~PinnedStaging() { cu::host_free_pinned_noexcept(ptr_); }
+  ~PinnedStaging() {
+    cu::host_free_pinned_noexcept(ptr_);
+    for (const auto& [device, stream] : streams_) {
+      (void)device;
+      cu::stream_destroy_noexcept(stream);
+    }
+  }
   std::mutex& mutex() { return mutex_; }
+  // The private non-blocking copy stream of the current device `device` (created once). Call
+  // with the mutex held.
+  void* stream(int device) {
+    for (const auto& [d, s] : streams_) {
+      if (d == device) return s;
+    }
+    streams_.emplace_back(device, cu::stream_create_nonblocking());
+    return streams_.back().second;
+  }
   // At least `bytes` bytes (contents not kept). Call with the mutex held.
   char* reserve(size_t bytes) {
     if (bytes > size_) {
@@ -416,6 +436,7 @@ class PinnedStaging {
   std::mutex mutex_;
   void* ptr_ = nullptr;
   size_t size_ = 0;
+  std::vector<std::pair<int, void*>> streams_;
 };
 
 PinnedStaging& pinned_staging() {
@@ -425,7 +446,8 @@ PinnedStaging& pinned_staging() {
 
 // States and log-histogram windows of many results (all with the same tensor count and request,
 // totals launched), fetched together: one wait per result on its own event (later work on the
-// stream keeps running), then two rounds of copies into pinned memory on a private stream.
+// stream keeps running), then two rounds of copies into pinned memory on a private stream (an
+// exception leaves nothing behind: the stream is synchronised by the next call).
 // Returns (f (R, P + 1, 8), n (R, P + 1, 5), nnz (R, P + 1), buckets, counts, flows (R, P + 1, 3)):
 // the non-empty log buckets (global bucket index, count) of every histogram in (result, slot,
 // bucket) order, nnz[i, t] of them for slot t of result i; slot P is the total.
@@ -465,16 +487,16 @@ py::tuple fetch_many(const py::list& handles) {
     lock = std::make_unique<std::lock_guard<std::mutex>>(pin.mutex());
     cu::DeviceGuard guard(rs[0]->device());
     for (CudaResult* c : rs) c->wait_enqueued();
-    void* side = cu::stream_create_nonblocking();
-    try {
+    void* side = pin.stream(rs[0]->device());
+    {
       stage = pin.reserve(std::max<size_t>(st_bytes + head_bytes, 1));
       for (size_t i = 0; i < r; ++i) {
         const char* b = rs[i]->data();
         cu::copy_to_host_async(stage + i * p1 * sizeof(MomentState), b + L.off_states,
                                p1 * sizeof(MomentState), side);
         if (log) {
-          cu::copy_rows_to_host_async(stage + st_bytes + i * p1 * hdr * 8, b + L.off_hist,
-                                      hdr * 8, rec * 8, p1, side);
+          cu::copy_rows_to_host_async(stage + st_bytes + i * p1 * hdr * 8, b + L.off_hist, hdr * 8,
+                                      rec * 8, p1, side);
         }
       }
       cu::stream_synchronize(side);
@@ -501,18 +523,13 @@ py::tuple fetch_many(const py::list& handles) {
         stage = pin.reserve(window_values * 8);
         for (size_t i = 0; i < r; ++i) {
           if (width[i] == 0) continue;
-          const char* src =
-              rs[i]->data() + L.off_hist + (hdr + static_cast<size_t>(lo_col[i])) * 8;
+          const char* src = rs[i]->data() + L.off_hist + (hdr + static_cast<size_t>(lo_col[i])) * 8;
           cu::copy_rows_to_host_async(stage + row_off[i] * 8, src,
                                       static_cast<size_t>(width[i]) * 8, rec * 8, p1, side);
         }
         cu::stream_synchronize(side);
       }
-    } catch (...) {
-      cu::stream_destroy_noexcept(side);
-      throw;
     }
-    cu::stream_destroy_noexcept(side);
   }
   const py::ssize_t R = static_cast<py::ssize_t>(r), P1 = static_cast<py::ssize_t>(p1);
   py::array_t<double> f({R, P1, py::ssize_t(8)});
@@ -531,8 +548,8 @@ py::tuple fetch_many(const py::list& handles) {
       for (size_t j = 0; j < 3; ++j) fl[k * 3 + j] = log ? heads[k * hdr + j] : 0;
       const size_t before = counts.size();
       if (len[k] > 0) {
-        const int64_t* row = windows + row_off[i] + t * static_cast<size_t>(width[i]) +
-                             (first[k] - lo_col[i]);
+        const int64_t* row =
+            windows + row_off[i] + t * static_cast<size_t>(width[i]) + (first[k] - lo_col[i]);
         for (int64_t j = 0; j < len[k]; ++j) {
           if (row[j] != 0) {
             buckets.push_back(first[k] + j);
@@ -588,8 +605,7 @@ void register_cuda(py::module_& m) {
       .def(py::init<const py::list&, const std::vector<std::string>&, int, int, int>(),
            py::arg("capsules"), py::arg("names"), py::arg("device"), py::arg("hist_kind"),
            py::arg("mantissa_bits"))
-      .def("launch", &CudaPlan::launch, py::arg("stream"), py::arg("allocator"),
-           py::arg("total"),
+      .def("launch", &CudaPlan::launch, py::arg("stream"), py::arg("allocator"), py::arg("total"),
            "Enqueue the fused pass (and the total) on `stream`; returns a CudaResult.")
       .def_property_readonly("tensors", &CudaPlan::tensors)
       .def_property_readonly("result_bytes", &CudaPlan::result_bytes);
@@ -598,14 +614,13 @@ void register_cuda(py::module_& m) {
         "launched): (f, n, nnz, buckets, counts, flows). Waits only for each result's own work.");
   m.def("describe_cuda", &describe_cuda, py::arg("capsules"), py::arg("names"), py::arg("device"),
         py::arg("stream"), py::arg("hist_kind"), py::arg("bins"), py::arg("mantissa_bits"),
-        py::arg("edge_mode"), py::arg("lo"), py::arg("hi"), py::arg("edges"),
-        py::arg("allocator"),
+        py::arg("edge_mode"), py::arg("lo"), py::arg("hi"), py::arg("edges"), py::arg("allocator"),
         "Enqueue the fused moments/histogram pass over CUDA tensors (DLPack capsules) on `stream` "
         "and return a CudaResult. edge_mode: 1 range (lo, hi), 2 each tensor's data range, "
         "3 explicit `edges` (P x (bins + 1) float64). `allocator(nbytes)` returns an object with "
         "data_ptr() (e.g. a torch.uint8 CUDA tensor), or None for cudaMallocAsync.");
-  m.def("pairwise_distances_cuda", &pairwise_distances_cuda, py::arg("counts"),
-        py::arg("centres"), py::arg("metric"), py::arg("device") = 0,
+  m.def("pairwise_distances_cuda", &pairwise_distances_cuda, py::arg("counts"), py::arg("centres"),
+        py::arg("metric"), py::arg("device") = 0,
         "pairwise_distances computed on a GPU (synchronous): K x K distances between the rows of "
         "a host (K, B) int64 count matrix. Metric codes: 0 wasserstein, 1 ks, 2 js, 3 hellinger, "
         "4 tv.");
