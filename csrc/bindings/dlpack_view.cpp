@@ -35,13 +35,27 @@ class VersionedOwner final : public DLPackOwner {
 std::string dl_dtype_name(const PwsDLDataType& d) {
   std::ostringstream s;
   switch (d.code) {
-    case kPwsDLInt: s << "int"; break;
-    case kPwsDLUInt: s << "uint"; break;
-    case kPwsDLFloat: s << "float"; break;
-    case kPwsDLBfloat: s << "bfloat"; break;
-    case kPwsDLComplex: s << "complex"; break;
-    case kPwsDLBool: s << "bool"; break;
-    default: s << "code" << int(d.code) << "_"; break;
+    case kPwsDLInt:
+      s << "int";
+      break;
+    case kPwsDLUInt:
+      s << "uint";
+      break;
+    case kPwsDLFloat:
+      s << "float";
+      break;
+    case kPwsDLBfloat:
+      s << "bfloat";
+      break;
+    case kPwsDLComplex:
+      s << "complex";
+      break;
+    case kPwsDLBool:
+      s << "bool";
+      break;
+    default:
+      s << "code" << int(d.code) << "_";
+      break;
   }
   s << int(d.bits);
   if (d.lanes != 1) s << "x" << d.lanes;
@@ -109,8 +123,8 @@ ImportedTensor import_capsule(py::capsule cap, const std::string& what) {
   PyObject* obj = cap.ptr();
   ImportedTensor out;
   if (PyCapsule_IsValid(obj, "dltensor_versioned")) {
-    auto* t = static_cast<PwsDLManagedTensorVersioned*>(
-        PyCapsule_GetPointer(obj, "dltensor_versioned"));
+    auto* t =
+        static_cast<PwsDLManagedTensorVersioned*>(PyCapsule_GetPointer(obj, "dltensor_versioned"));
     if (t->version.major > 1) {
       throw py::value_error(what + ": DLPack version " + std::to_string(t->version.major) +
                             " is newer than the supported 1.x");

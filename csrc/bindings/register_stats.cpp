@@ -46,8 +46,9 @@ py::tuple describe_cpu(const py::list& caps, const std::vector<std::string>& nam
   views.reserve(imported.size());
   for (size_t i = 0; i < imported.size(); ++i) {
     if (imported[i].view.device != DeviceKind::CPU) {
-      throw py::value_error(names.at(i) + " is on a CUDA device; the CPU engine reads host memory "
-                                          "only (this is a bug in pyweightstat's dispatch)");
+      throw py::value_error(names.at(i) +
+                            " is on a CUDA device; the CPU engine reads host memory "
+                            "only (this is a bug in pyweightstat's dispatch)");
     }
     views.push_back(imported[i].view);
   }

@@ -6,6 +6,8 @@
 // accumulated in kLanes lanes of the compute type for kFlush values per lane and then added into
 // float64. Group states merge into chunk states, and chunk states merge in chunk order, with the
 // Chan/Pebay formulas, so the result does not depend on the number of threads.
+#include "describe.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -13,7 +15,6 @@
 #include <type_traits>
 #include <vector>
 
-#include "describe.h"
 #include "pws/hist_layout.h"
 #include "strided.h"
 #include "tuning.h"
@@ -99,7 +100,7 @@ PWS_FORCEINLINE int64_t log_codes_finite(const CT* __restrict x, int64_t n, int 
     int64_t k = 0;
     for (; k + L <= n; k += L) {
       const VI b = vload<VI>(reinterpret_cast<const int32_t*>(x + k));
-      const VI neg = b >> 31;  // -1 for negative values, else 0
+      const VI neg = b >> 31;                      // -1 for negative values, else 0
       VI u = ((b & absmask) >> shiftbits) - base;  // 1 + k for normals, <= 0 for subnormals
       u = vselect(u > zero, u, zero);
       const VI code = cv + ((u ^ neg) - neg);
@@ -309,7 +310,10 @@ PWS_FORCEINLINE void process_group(const CT* __restrict x, int64_t n, MomentStat
       if (v != v) {
         ++g.nan;
       } else if (std::fabs(v) > vmax) {
-        if (v > 0) ++g.posinf; else ++g.neginf;
+        if (v > 0)
+          ++g.posinf;
+        else
+          ++g.neginf;
       }
     }
   }
@@ -337,8 +341,7 @@ PWS_FORCEINLINE void process_group(const CT* __restrict x, int64_t n, MomentStat
       const double is = 1.0 / static_cast<double>(scale);  // exact: a power of two
       const double is2 = is * is;
       moments_from_shifted_sums(dn, static_cast<double>(shift), gs.s1 * is, gs.s2 * is2,
-                                gs.s3 * is2 * is, gs.s4 * is2 * is2, &g.mean, &g.m2, &g.m3,
-                                &g.m4);
+                                gs.s3 * is2 * is, gs.s4 * is2 * is2, &g.mean, &g.m2, &g.m3, &g.m4);
       g.sum_abs = gs.sab;
       g.sum_sq = g.m2 + dn * g.mean * g.mean;  // sum of x^2, free of float overflow
       shift = static_cast<CT>(g.mean);
@@ -393,8 +396,10 @@ PWS_FORCEINLINE void process_group(const CT* __restrict x, int64_t n, MomentStat
       if (nf == n) {  // every value finite: a short vector formula, window from the extremes
         k0 = log_codes_finite(x, n, mbits, codes);
         if (k0 > 0) {
-          lo = std::min<int32_t>(lo, static_cast<int32_t>(log_bucket(static_cast<float>(gmin), mbits)));
-          hi = std::max<int32_t>(hi, static_cast<int32_t>(log_bucket(static_cast<float>(gmax), mbits)));
+          lo = std::min<int32_t>(lo,
+                                 static_cast<int32_t>(log_bucket(static_cast<float>(gmin), mbits)));
+          hi = std::max<int32_t>(hi,
+                                 static_cast<int32_t>(log_bucket(static_cast<float>(gmax), mbits)));
         }
       }
       for (int64_t k = k0; k < n; ++k) {  // general case, branch-free
@@ -405,7 +410,8 @@ PWS_FORCEINLINE void process_group(const CT* __restrict x, int64_t n, MomentStat
         const int32_t normal = c + 1 + kk - neg * (2 + 2 * kk);  // c+1+kk, or c-1-kk if negative
         const int32_t tiny = static_cast<int32_t>(mag < 0x00800000u);
         const int32_t nonfinite = static_cast<int32_t>(mag >= 0x7f800000u);
-        const int32_t special = 2 * c + 2 - neg + static_cast<int32_t>(mag > 0x7f800000u) * (1 + neg);
+        const int32_t special =
+            2 * c + 2 - neg + static_cast<int32_t>(mag > 0x7f800000u) * (1 + neg);
         int32_t code = normal + tiny * (c - normal);
         code = code + nonfinite * (special - code);
         codes[k] = code;
@@ -541,7 +547,8 @@ void run_parallel(Job& job, size_t t) {
   const int64_t nchunks = (f.numel + kChunk - 1) / kChunk;
   std::vector<MomentState> cs(static_cast<size_t>(nchunks));
   std::vector<int64_t> dense;
-  if (kHist == HistKind::Log) dense.assign(static_cast<size_t>(log_num_buckets(h.mantissa_bits)), 0);
+  if (kHist == HistKind::Log)
+    dense.assign(static_cast<size_t>(log_num_buckets(h.mantissa_bits)), 0);
   int64_t lo = std::numeric_limits<int64_t>::max(), hi = -1;
 #pragma omp parallel
   {

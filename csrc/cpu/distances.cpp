@@ -1,5 +1,6 @@
 // Distances between normalised histograms: Wasserstein-1 (bin centres as support), KS, JS
-// divergence (bits), Hellinger (sqrt(1 - Bhattacharyya coefficient), computed without cancellation) and total variation.
+// divergence (bits), Hellinger (sqrt(1 - Bhattacharyya coefficient), computed without cancellation)
+// and total variation.
 #include "distances.h"
 
 #include <algorithm>
@@ -57,7 +58,8 @@ double pair(const Rows& x, int64_t i, const Rows& y, int64_t j, const double* ce
     case Metric::Wasserstein: {
       const double* P = x.cdf.data() + i * b;
       const double* Q = y.cdf.data() + j * b;
-      for (int64_t t = 0; t + 1 < b; ++t) acc += std::fabs(P[t] - Q[t]) * (centres[t + 1] - centres[t]);
+      for (int64_t t = 0; t + 1 < b; ++t)
+        acc += std::fabs(P[t] - Q[t]) * (centres[t + 1] - centres[t]);
       return acc;
     }
     case Metric::KS: {

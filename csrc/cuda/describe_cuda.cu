@@ -58,15 +58,15 @@ struct EntryTable {
 };
 
 struct Params {
-  MomentState* states;      // (P + 1)
-  MomentState* scratch;     // one per chunk
-  unsigned long long* hist; // (P + 1) records
-  double* edges;            // uniform edges
+  MomentState* states;       // (P + 1)
+  MomentState* scratch;      // one per chunk
+  unsigned long long* hist;  // (P + 1) records
+  double* edges;             // uniform edges
   int64_t tensors;
   int64_t nb;
   int64_t record;
   int64_t bins;
-  int64_t edge_stride;      // 0: one shared edges array; else bins + 1
+  int64_t edge_stride;  // 0: one shared edges array; else bins + 1
   int32_t hist_kind;
   int32_t mbits;
   int32_t edge_mode;
@@ -243,7 +243,9 @@ __device__ __forceinline__ void hist_add(HistCtx& h, CT v, bool ok) {
 }
 
 __device__ __forceinline__ bool is_finite_ct(float x) { return fabsf(x) <= 3.402823466e+38f; }
-__device__ __forceinline__ bool is_finite_ct(double x) { return fabs(x) <= 1.7976931348623157e+308; }
+__device__ __forceinline__ bool is_finite_ct(double x) {
+  return fabs(x) <= 1.7976931348623157e+308;
+}
 
 // Give the warp its common shift (the first finite value of the lowest lane that has one in this
 // group) and scale (2^-e for the largest |x - shift| of the group's finite values, or |shift| when
@@ -272,7 +274,8 @@ __device__ __forceinline__ void pick_warp_shift(Acc<CT>& a, const CT (&v)[N], co
     }
   }
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1) spread = fmax(spread, __shfl_xor_sync(kFullMask, spread, off));
+  for (int off = 16; off > 0; off >>= 1)
+    spread = fmax(spread, __shfl_xor_sync(kFullMask, spread, off));
   if (spread == 0.0) spread = fabs(static_cast<double>(a.shift));
   const int e = spread > 0.0 ? max(-120, min(120, ilogb(spread))) : 0;
   a.scale = static_cast<CT>(ldexp(1.0, -e));
@@ -523,9 +526,9 @@ __device__ __forceinline__ void run_chunk(const Entry& e, int64_t start, int64_t
         s.n = a.n;
         const double u = 1.0 / static_cast<double>(a.scale);  // exact: a power of two
         const double u2 = u * u;
-        moments_from_shifted_sums(static_cast<double>(a.n), static_cast<double>(a.shift),
-                                  a.s1 * u, a.s2 * u2, a.s3 * (u2 * u), a.s4 * (u2 * u2),
-                                  &s.mean, &s.m2, &s.m3, &s.m4);
+        moments_from_shifted_sums(static_cast<double>(a.n), static_cast<double>(a.shift), a.s1 * u,
+                                  a.s2 * u2, a.s3 * (u2 * u), a.s4 * (u2 * u2), &s.mean, &s.m2,
+                                  &s.m3, &s.m4);
         s.min = static_cast<double>(a.mn);
         s.max = static_cast<double>(a.mx);
         s.sum_abs = a.sab;
@@ -543,7 +546,8 @@ __device__ __forceinline__ void run_chunk(const Entry& e, int64_t start, int64_t
 }
 
 template <int kKind, bool kState, int kHist>
-__global__ void __launch_bounds__(kThreads, kKind == kKindGeneric ? 3 : (kHist == kHistNone ? 4 : 3))
+__global__ void __launch_bounds__(kThreads,
+                                  kKind == kKindGeneric ? 3 : (kHist == kHistNone ? 4 : 3))
     fused_kernel(const __grid_constant__ EntryTable tab, const Params p) {
   extern __shared__ __align__(16) unsigned char dyn_smem[];
   __shared__ MomentState warp_states[kWarps];
@@ -606,9 +610,15 @@ __global__ void __launch_bounds__(kThreads, kKind == kKindGeneric ? 3 : (kHist =
     run_chunk<bfloat16_t, kState, kHist, true>(e, start, len, h, chunk_out, warp_states);
   } else {
     switch (static_cast<DType>(e.dtype)) {
-      case DType::F32: run_chunk<float, kState, kHist, false>(e, start, len, h, chunk_out, warp_states); break;
-      case DType::F64: run_chunk<double, kState, kHist, false>(e, start, len, h, chunk_out, warp_states); break;
-      case DType::F16: run_chunk<half_t, kState, kHist, false>(e, start, len, h, chunk_out, warp_states); break;
+      case DType::F32:
+        run_chunk<float, kState, kHist, false>(e, start, len, h, chunk_out, warp_states);
+        break;
+      case DType::F64:
+        run_chunk<double, kState, kHist, false>(e, start, len, h, chunk_out, warp_states);
+        break;
+      case DType::F16:
+        run_chunk<half_t, kState, kHist, false>(e, start, len, h, chunk_out, warp_states);
+        break;
       case DType::BF16:
         run_chunk<bfloat16_t, kState, kHist, false>(e, start, len, h, chunk_out, warp_states);
         break;
@@ -659,7 +669,8 @@ __global__ void __launch_bounds__(kThreads)
       hi = __dadd_rn(hi, 0.5);
     }
     double* out = p.edges + gt * p.edge_stride;
-    for (int64_t i = threadIdx.x; i <= p.bins; i += kThreads) out[i] = linspace_at(i, p.bins, lo, hi);
+    for (int64_t i = threadIdx.x; i <= p.bins; i += kThreads)
+      out[i] = linspace_at(i, p.bins, lo, hi);
   }
 }
 
@@ -756,13 +767,22 @@ template <bool kState, int kHist>
 void launch_fused(const EntryTable& tab, const Params& p, size_t smem, cudaStream_t s) {
   const int64_t grid = tab.chunk_begin[tab.count];
   if (grid == 0) return;
-  if (grid > INT_MAX) throw std::runtime_error("pyweightstat: too many CUDA work items in one launch");
+  if (grid > INT_MAX)
+    throw std::runtime_error("pyweightstat: too many CUDA work items in one launch");
   const dim3 g(static_cast<unsigned>(grid));
   switch (tab.kind) {
-    case kKindF32: launch_kind<kKindF32, kState, kHist>(g, smem, s, tab, p); break;
-    case kKindF16: launch_kind<kKindF16, kState, kHist>(g, smem, s, tab, p); break;
-    case kKindBF16: launch_kind<kKindBF16, kState, kHist>(g, smem, s, tab, p); break;
-    default: launch_kind<kKindGeneric, kState, kHist>(g, smem, s, tab, p); break;
+    case kKindF32:
+      launch_kind<kKindF32, kState, kHist>(g, smem, s, tab, p);
+      break;
+    case kKindF16:
+      launch_kind<kKindF16, kState, kHist>(g, smem, s, tab, p);
+      break;
+    case kKindBF16:
+      launch_kind<kKindBF16, kState, kHist>(g, smem, s, tab, p);
+      break;
+    default:
+      launch_kind<kKindGeneric, kState, kHist>(g, smem, s, tab, p);
+      break;
   }
   PWS_CUDA_CHECK_LAUNCH("fused_kernel launch");
 }
@@ -775,10 +795,14 @@ void launch_finalize(const EntryTable& tab, const Params& p, cudaStream_t s) {
 int32_t kernel_kind(const Entry& e) {
   if (!e.aligned) return kKindGeneric;
   switch (static_cast<DType>(e.dtype)) {
-    case DType::F32: return kKindF32;
-    case DType::F16: return kKindF16;
-    case DType::BF16: return kKindBF16;
-    default: return kKindGeneric;
+    case DType::F32:
+      return kKindF32;
+    case DType::F16:
+      return kKindF16;
+    case DType::BF16:
+      return kKindBF16;
+    default:
+      return kKindGeneric;
   }
 }
 
@@ -845,7 +869,8 @@ Layout make_layout(const std::vector<int64_t>& numels, const Request& req) {
   L.off_hist = round_up(p1 * sizeof(MomentState), 256);
   L.off_edges = round_up(L.off_hist + p1 * static_cast<size_t>(L.record) * 8, 256);
   L.result_bytes = round_up(
-      L.off_edges + static_cast<size_t>(L.edge_arrays) * static_cast<size_t>(req.bins + 1) * 8, 256);
+      L.off_edges + static_cast<size_t>(L.edge_arrays) * static_cast<size_t>(req.bins + 1) * 8,
+      256);
   L.scratch_bytes = static_cast<size_t>(L.chunks > 0 ? L.chunks : 1) * sizeof(MomentState);
   return L;
 }
@@ -856,9 +881,8 @@ void launch_describe(const std::vector<Entry>& entries, const Request& req, cons
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const Params p = make_params(req, L, result, scratch);
   if (L.record > 0) {
-    PWS_CUDA_CHECK(cudaMemsetAsync(p.hist, 0,
-                                   static_cast<size_t>(L.tensors + 1) *
-                                       static_cast<size_t>(L.record) * 8, s));
+    PWS_CUDA_CHECK(cudaMemsetAsync(
+        p.hist, 0, static_cast<size_t>(L.tensors + 1) * static_cast<size_t>(L.record) * 8, s));
   }
   if (req.hist_kind == kHistUniform) {
     if (req.edge_mode == kEdgesRange) {
@@ -867,10 +891,10 @@ void launch_describe(const std::vector<Entry>& entries, const Request& req, cons
           p.edges, req.bins, req.lo, req.hi);
       PWS_CUDA_CHECK_LAUNCH("range_edges_kernel launch");
     } else if (req.edge_mode == kEdgesExplicit) {
-      PWS_CUDA_CHECK(cudaMemcpyAsync(p.edges, host_edges,
-                                     static_cast<size_t>(L.tensors) *
-                                         static_cast<size_t>(req.bins + 1) * sizeof(double),
-                                     cudaMemcpyHostToDevice, s));
+      PWS_CUDA_CHECK(cudaMemcpyAsync(
+          p.edges, host_edges,
+          static_cast<size_t>(L.tensors) * static_cast<size_t>(req.bins + 1) * sizeof(double),
+          cudaMemcpyHostToDevice, s));
     }
   }
   const std::vector<EntryTable> tables = make_tables(entries);
@@ -903,8 +927,8 @@ void launch_total(const Request& req, const Layout& L, void* result, void* strea
   dim3 grid(1, 1);
   const int64_t group = std::max<int64_t>(kTotalGroup, (L.tensors + 65534) / 65535);  // grid.y
   if (hist) {
-    PWS_CUDA_CHECK(cudaMemsetAsync(p.hist + L.tensors * L.record, 0,
-                                   static_cast<size_t>(L.record) * 8, s));
+    PWS_CUDA_CHECK(
+        cudaMemsetAsync(p.hist + L.tensors * L.record, 0, static_cast<size_t>(L.record) * 8, s));
     grid.x = static_cast<unsigned>((L.record + kThreads - 1) / kThreads);
     grid.y = static_cast<unsigned>(std::max<int64_t>(1, (L.tensors + group - 1) / group));
   }
@@ -962,7 +986,8 @@ void* event_create() {
 }
 
 void event_record(void* event, void* stream) {
-  PWS_CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(stream)));
+  PWS_CUDA_CHECK(
+      cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(stream)));
 }
 
 void event_synchronize(void* event) {

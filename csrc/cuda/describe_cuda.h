@@ -40,9 +40,9 @@ enum EdgeMode : int { kEdgesNone = 0, kEdgesRange = 1, kEdgesData = 2, kEdgesExp
 struct Entry {
   const void* data;  // lowest address of the tensor
   int64_t numel;
-  int32_t dtype;     // pws::DType
-  int16_t ndim;      // merged dims; 0 means contiguous
-  int16_t aligned;   // contiguous and 16-byte aligned: vector loads
+  int32_t dtype;    // pws::DType
+  int16_t ndim;     // merged dims; 0 means contiguous
+  int16_t aligned;  // contiguous and 16-byte aligned: vector loads
   int64_t shape[kMaxCudaDims];
   int64_t strides[kMaxCudaDims];  // elements, >= 0
 };

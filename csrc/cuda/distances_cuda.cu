@@ -99,10 +99,18 @@ __global__ void __launch_bounds__(kThreads)
       acc = metric == kKS ? fmax(acc, o) : acc + o;
     }
     switch (metric) {
-      case kJS: d = fmin(1.0, fmax(0.0, acc)); break;
-      case kHellinger: d = sqrt(0.5 * acc); break;
-      case kTV: d = 0.5 * acc; break;
-      default: d = acc; break;
+      case kJS:
+        d = fmin(1.0, fmax(0.0, acc));
+        break;
+      case kHellinger:
+        d = sqrt(0.5 * acc);
+        break;
+      case kTV:
+        d = 0.5 * acc;
+        break;
+      default:
+        d = acc;
+        break;
     }
   }
   if (lane == 0) {
@@ -158,8 +166,8 @@ void pairwise_distances(const int64_t* counts, int64_t k, int64_t b, const doubl
     const dim3 grid(static_cast<unsigned>((k + kWarps - 1) / kWarps), static_cast<unsigned>(k));
     pair_distances<<<grid, kThreads>>>(d_p, d_sq, d_cdf, d_empty, d_centres, k, b, metric, d_out);
     PWS_CUDA_CHECK(cudaGetLastError());
-    PWS_CUDA_CHECK(cudaMemcpy(out, d_out, static_cast<size_t>(k) * static_cast<size_t>(k) *
-                                              sizeof(double),
+    PWS_CUDA_CHECK(cudaMemcpy(out, d_out,
+                              static_cast<size_t>(k) * static_cast<size_t>(k) * sizeof(double),
                               cudaMemcpyDeviceToHost));
   } catch (...) {
     if (prev != device) (void)cudaSetDevice(prev);

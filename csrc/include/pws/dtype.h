@@ -12,10 +12,14 @@ enum class DType : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
 
 inline const char* dtype_name(DType d) {
   switch (d) {
-    case DType::F32: return "float32";
-    case DType::F64: return "float64";
-    case DType::F16: return "float16";
-    case DType::BF16: return "bfloat16";
+    case DType::F32:
+      return "float32";
+    case DType::F64:
+      return "float64";
+    case DType::F16:
+      return "float16";
+    case DType::BF16:
+      return "bfloat16";
   }
   return "?";
 }
@@ -106,26 +110,26 @@ struct Load<bfloat16_t> {
 }  // namespace pws
 
 // The one dtype dispatch: runs the body with `scalar_t` bound to the storage type.
-#define PWS_DISPATCH_DTYPE(DT, ...)                   \
-  switch (DT) {                                       \
-    case ::pws::DType::F32: {                         \
-      using scalar_t = float;                         \
-      __VA_ARGS__;                                    \
-      break;                                          \
-    }                                                 \
-    case ::pws::DType::F64: {                         \
-      using scalar_t = double;                        \
-      __VA_ARGS__;                                    \
-      break;                                          \
-    }                                                 \
-    case ::pws::DType::F16: {                         \
-      using scalar_t = ::pws::half_t;                 \
-      __VA_ARGS__;                                    \
-      break;                                          \
-    }                                                 \
-    case ::pws::DType::BF16: {                        \
-      using scalar_t = ::pws::bfloat16_t;             \
-      __VA_ARGS__;                                    \
-      break;                                          \
-    }                                                 \
+#define PWS_DISPATCH_DTYPE(DT, ...)       \
+  switch (DT) {                           \
+    case ::pws::DType::F32: {             \
+      using scalar_t = float;             \
+      __VA_ARGS__;                        \
+      break;                              \
+    }                                     \
+    case ::pws::DType::F64: {             \
+      using scalar_t = double;            \
+      __VA_ARGS__;                        \
+      break;                              \
+    }                                     \
+    case ::pws::DType::F16: {             \
+      using scalar_t = ::pws::half_t;     \
+      __VA_ARGS__;                        \
+      break;                              \
+    }                                     \
+    case ::pws::DType::BF16: {            \
+      using scalar_t = ::pws::bfloat16_t; \
+      __VA_ARGS__;                        \
+      break;                              \
+    }                                     \
   }
