@@ -2,6 +2,7 @@
 # One prepared check of the CUDA engine on a GPU machine without network access.
 #
 #   OUT=/some/dir bash bench/gpu_check.sh        # run from the repository root
+#   PWS_GPU_SKIP="test_cpu study_smoke" PWS_BENCH_ARGS="--sizes 1e9" OUT=... bash bench/gpu_check.sh
 #
 # Needs python3 with PyTorch (CUDA), CMake, ninja, pybind11, scikit-build-core, pytest, numpy,
 # scipy and hypothesis installed, and nvcc (CUDA 13). Steps (each logged to $OUT/<step>.log, each
@@ -23,10 +24,18 @@ PY="${PYTHON:-python3}"
 STATUS_FILE="$OUT/.steps.tsv"
 : > "$STATUS_FILE"
 
+# Steps named in PWS_GPU_SKIP (space-separated, e.g. "test_cpu study_smoke") are skipped, and
+# PWS_BENCH_ARGS is passed to bench_stats.py (e.g. "--sizes 1e9 --dtypes float32"): a short
+# device budget can then go to the build, the CUDA tests and the part of the benchmark at hand.
+PWS_GPU_SKIP="${PWS_GPU_SKIP:-}"
 # run_step NAME TIMEOUT_S COMMAND...: log to $OUT/NAME.log, record "name rc seconds".
 run_step() {
   local name="$1" limit="$2"
   shift 2
+  if [[ " $PWS_GPU_SKIP " == *" $name "* ]]; then
+    echo "=== [$name] skipped (PWS_GPU_SKIP)" | tee "$OUT/$name.log"
+    return 0
+  fi
   echo "=== [$name] $*" | tee "$OUT/$name.log"
   local t0 t1 rc
   t0=$(date +%s%N)
@@ -74,7 +83,9 @@ if step_ok build; then
   # 4. benchmark (writes JSON + Markdown)
   if [ -f bench/bench_stats.py ]; then
     mkdir -p "$OUT/bench_results"
-    run_step bench 240 "$PY" bench/bench_stats.py --device cuda --out "$OUT/bench_results"
+    # shellcheck disable=SC2086 # PWS_BENCH_ARGS is a list of arguments
+    run_step bench 240 "$PY" bench/bench_stats.py --device cuda --out "$OUT/bench_results" \
+      ${PWS_BENCH_ARGS:-}
   fi
   # 5. the study's main command on the GPU (smoke preset, MNIST carried in .carry/data)
   if [ -d .carry/data/mnist ]; then
