@@ -393,3 +393,12 @@ def test_fields_from_states_equal_summary_properties() -> None:
     np.testing.assert_array_equal(got, want)
     with pytest.raises(ValueError, match="states"):
         fields_from_states(f[:, :7], n)
+    # random states over many magnitudes: bit-identical to the properties (skew included)
+    f = rng.normal(size=(2000, 8))
+    f[:, 1] = np.abs(f[:, 1]) * 10.0 ** rng.uniform(-30, 30, 2000)
+    f[:, 6:] = np.abs(f[:, 6:])
+    n = rng.integers(0, 10**9, size=(2000, 5))
+    want = np.array(
+        [[getattr(pws.Summary(a, b), k) for k in FIELDS] for a, b in zip(f, n, strict=True)]
+    )
+    np.testing.assert_array_equal(fields_from_states(f, n), want)

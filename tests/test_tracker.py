@@ -315,3 +315,50 @@ def test_cuda_records_without_sync() -> None:
         # the SPEC bound for the mean (float32 partial sums on the GPU): 1e-6 standard deviations
         assert abs(stats[-1, t, 1] - v.mean()) <= 1e-6 * v.std()
         assert stats[-1, t, 6] == v.min() and stats[-1, t, 7] == v.max()
+
+
+def test_pending_runs_convert_in_order_by_kind_and_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Device records of two plans (e.g. before and after model.to(...)) and host records may be
+    # pending together: each run converts on its own, in order, and leaves the queue only once
+    # it is converted.
+    from pyweightstat import tracker as tr_mod
+
+    model = _mlp()
+    tracker = WeightTracker(model, mantissa_bits=M, lazy=True, max_pending=100)
+    tracker.record()  # a host record (list of Summaries)
+    width = len(tracker.names)
+    stats_row = tracker._pending[0][1]
+    plan_a, plan_b = object(), object()
+    calls: list[list[int]] = []
+
+    def fake_convert_raw(run: list) -> tuple:
+        calls.append([step for step, _ in run])
+        assert len({id(rec.plan) for _, rec in run}) == 1
+        r = len(run)
+        return (
+            np.full((r, width, len(STAT_FIELDS)), float(run[0][0])),
+            np.zeros((r, width), np.int64),
+            np.empty(0, np.int64),
+            np.empty(0, np.int64),
+            np.zeros((r, width, 3), np.int64),
+        )
+
+    monkeypatch.setattr(WeightTracker, "_convert_raw", staticmethod(fake_convert_raw))
+    for step, plan in ((1, plan_a), (2, plan_a), (3, plan_b)):
+        tracker._pending.append((step, tr_mod._RawRecord(plan, None)))
+    tracker._pending.append((4, stats_row))
+    tracker._convert_oldest(3)  # the host record, then plan A's two records
+    assert calls == [[1, 2]] and [s for s, _ in tracker._pending] == [3, 4]
+    assert tracker._steps.values.tolist() == [0, 1, 2]
+
+    def failing(run: list) -> tuple:
+        raise RuntimeError("copy failed")
+
+    monkeypatch.setattr(WeightTracker, "_convert_raw", staticmethod(failing))
+    with pytest.raises(RuntimeError, match="copy failed"):
+        tracker._convert_oldest(2)
+    assert [s for s, _ in tracker._pending] == [3, 4]  # nothing lost
+    monkeypatch.setattr(WeightTracker, "_convert_raw", staticmethod(fake_convert_raw))
+    traj = tracker.trajectory()
+    assert traj["steps"].tolist() == [0, 1, 2, 3, 4]
+    assert calls == [[1, 2], [3]]

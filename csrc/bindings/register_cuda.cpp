@@ -110,6 +110,9 @@ class CudaResult {
     }
   }
 
+  // Keep `inputs` (e.g. a plan's imported tensors) alive as long as this result.
+  void keep_alive(std::shared_ptr<const void> inputs) { keep_alive_ = std::move(inputs); }
+
   int device() const { return device_; }
   const cu::Request& request() const { return req_; }
   const cu::Layout& layout() const { return layout_; }
@@ -249,6 +252,7 @@ class CudaResult {
   bool total_ready_ = false;
   bool total_hist_ = false;
   void* event_ = nullptr;
+  std::shared_ptr<const void> keep_alive_;
 };
 
 cu::Entry make_entry(const TensorView& v, const std::string& what) {
@@ -373,16 +377,19 @@ class CudaPlan {
   CudaPlan(const py::list& caps, const std::vector<std::string>& names, int device, int hist_kind,
            int mantissa_bits)
       : device_(device),
-        in_(import_inputs(caps, names, device)),
+        in_(std::make_shared<Inputs>(import_inputs(caps, names, device))),
         req_(make_request(hist_kind, 0, mantissa_bits, cu::kEdgesNone, 0.0, 1.0)),
-        layout_(cu::make_layout(in_.numels, req_)) {
+        layout_(cu::make_layout(in_->numels, req_)) {
     if (hist_kind == cu::kHistUniform) {
       throw py::value_error("CudaPlan supports no histogram or log histograms");
     }
   }
 
   std::unique_ptr<CudaResult> launch(uintptr_t stream, const py::object& allocator, bool total) {
-    auto res = enqueue(in_.entries, req_, layout_, device_, to_ptr(stream), allocator, nullptr);
+    auto res = enqueue(in_->entries, req_, layout_, device_, to_ptr(stream), allocator, nullptr);
+    // The inputs outlive every result's work even if the plan is dropped first (the caching
+    // allocator could otherwise hand their memory to a stream other than the kernels' one).
+    res->keep_alive(in_);
     if (total) res->launch_total(req_.hist_kind == cu::kHistLog);
     return res;
   }
@@ -392,7 +399,7 @@ class CudaPlan {
 
  private:
   int device_;
-  Inputs in_;
+  std::shared_ptr<Inputs> in_;  // destroyed with the GIL held (DLPack deleters)
   cu::Request req_;
   cu::Layout layout_;
 };
@@ -422,10 +429,10 @@ class PinnedStaging {
   // At least `bytes` bytes (contents not kept). Call with the mutex held.
   char* reserve(size_t bytes) {
     if (bytes > size_) {
+      const size_t want = std::max(bytes, size_ + size_ / 2);  // geometric: few reallocations
       cu::host_free_pinned_noexcept(ptr_);
       ptr_ = nullptr;
       size_ = 0;
-      const size_t want = std::max(bytes, size_ + size_ / 2);
       ptr_ = cu::host_alloc_pinned(want);
       size_ = want;
     }
@@ -453,7 +460,11 @@ PinnedStaging& pinned_staging() {
 // bucket) order, nnz[i, t] of them for slot t of result i; slot P is the total.
 py::tuple fetch_many(const py::list& handles) {
   std::vector<CudaResult*> rs;
-  for (const py::handle& h : handles) rs.push_back(h.cast<CudaResult*>());
+  for (const py::handle& h : handles) {
+    if (!py::isinstance<CudaResult>(h))
+      throw py::type_error("fetch_many expects CudaResult objects");
+    rs.push_back(h.cast<CudaResult*>());
+  }
   const size_t r = rs.size();
   if (r == 0) throw py::value_error("fetch_many needs at least one result");
   const cu::Request req = rs[0]->request();

@@ -247,10 +247,19 @@ __device__ __forceinline__ bool is_finite_ct(double x) {
   return fabs(x) <= 1.7976931348623157e+308;
 }
 
-// Give the warp its common shift (the first finite value of the lowest lane that has one in this
-// group) and scale (2^-e for the largest |x - shift| of the group's finite values, or |shift| when
-// they are all equal, within 2^+-120). Called by all 32 lanes together while the warp has no shift
-// yet (warp-uniform).
+__device__ __forceinline__ float recip_ct(float x) { return __frcp_rn(x); }
+__device__ __forceinline__ double recip_ct(double x) { return __drcp_rn(x); }
+__device__ __forceinline__ int ilogb_ct(float x) { return ilogbf(x); }
+__device__ __forceinline__ int ilogb_ct(double x) { return ilogb(x); }
+
+// Give the warp its common shift (the mean over the lanes of each lane's first finite value in
+// this group: one atypical value moves it by 1/32 of its distance, where that value taken as the
+// shift would make the power sums of the whole warp cancel) and scale (2^-e for the largest
+// |x - shift| among the group's finite values, or for |shift| when they are all equal; within
+// 2^+-120; 1 if that spread overflows). Called by all 32 lanes together while the warp has no
+// shift yet (warp-uniform); the sum is reduced towards lane 0 and broadcast, so every lane gets
+// the same bits. Kept in the compute precision: it runs once per warp and chunk, and wider
+// arithmetic here costs the main loop registers.
 template <class CT, int N>
 __device__ __forceinline__ void pick_warp_shift(Acc<CT>& a, const CT (&v)[N], const bool (&ok)[N]) {
   CT cand = CT(0);
@@ -264,21 +273,25 @@ __device__ __forceinline__ void pick_warp_shift(Acc<CT>& a, const CT (&v)[N], co
   }
   const unsigned lanes = __ballot_sync(kFullMask, have);
   if (lanes == 0u) return;
-  a.shift = __shfl_sync(kFullMask, cand, __ffs(lanes) - 1);
+  CT part = cand * CT(1.0 / 32.0);  // exact; no overflow when summing 32 of them
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) part += __shfl_down_sync(kFullMask, part, off);
+  const CT mean32 = __shfl_sync(kFullMask, part, 0);
+  a.shift = mean32 * (CT(32) * recip_ct(static_cast<CT>(__popc(lanes))));
+  if (!is_finite_ct(a.shift)) a.shift = __shfl_sync(kFullMask, cand, __ffs(lanes) - 1);
   a.has_shift = true;
-  double spread = 0.0;
+  CT spread = CT(0);
 #pragma unroll
   for (int j = 0; j < N; ++j) {
-    if (ok[j] && is_finite_ct(v[j])) {
-      spread = fmax(spread, fabs(static_cast<double>(v[j]) - static_cast<double>(a.shift)));
-    }
+    if (ok[j] && is_finite_ct(v[j])) spread = fmax(spread, abs_ct(v[j] - a.shift));
   }
 #pragma unroll
-  for (int off = 16; off > 0; off >>= 1)
+  for (int off = 16; off > 0; off >>= 1) {  // max: the same on every lane in any order
     spread = fmax(spread, __shfl_xor_sync(kFullMask, spread, off));
-  if (spread == 0.0) spread = fabs(static_cast<double>(a.shift));
-  const int e = spread > 0.0 ? max(-120, min(120, ilogb(spread))) : 0;
-  a.scale = static_cast<CT>(ldexp(1.0, -e));
+  }
+  if (spread == CT(0)) spread = abs_ct(a.shift);
+  const int e = spread > CT(0) && is_finite_ct(spread) ? max(-120, min(120, ilogb_ct(spread))) : 0;
+  a.scale = static_cast<CT>(ldexpf(1.0f, -e));
   a.sshift = a.shift * a.scale;
 }
 
@@ -453,14 +466,14 @@ __device__ __forceinline__ void warp_sum(Acc<CT>& a) {
 constexpr int kLoads = 4;
 constexpr int kGroup = 16;
 
-// kAlignedOnly: the caller guarantees e.aligned (no strided code is generated).
+// Accumulate the chunk [start, start + len) of e into a (and h). kAlignedOnly: the caller
+// guarantees e.aligned (no strided code is generated). Called by all threads of the block; only
+// warp-level synchronisation inside.
 template <class T, bool kState, int kHist, bool kAlignedOnly>
-__device__ __forceinline__ void run_chunk(const Entry& e, int64_t start, int64_t len, HistCtx& h,
-                                          MomentState* chunk_out, MomentState* warp_states) {
+__device__ __forceinline__ void accumulate_chunk(const Entry& e, int64_t start, int64_t len,
+                                                 HistCtx& h, Acc<typename Compute<T>::type>& a) {
   using CT = typename Compute<T>::type;
   const int tid = static_cast<int>(threadIdx.x);
-  Acc<CT> a;
-  acc_init(a);
   const T* base = static_cast<const T*>(e.data);
   if (kAlignedOnly || e.aligned) {
     constexpr int V = VecWidth<T>::value;
@@ -513,9 +526,19 @@ __device__ __forceinline__ void run_chunk(const Entry& e, int64_t start, int64_t
       consume<kState, kHist>(a, h, v, ok);
     }
   }
+}
+
+template <class T, bool kState, int kHist, bool kAlignedOnly>
+__device__ __forceinline__ void run_chunk(const Entry& e, int64_t start, int64_t len, HistCtx& h,
+                                          MomentState* chunk_out, MomentState* warp_states) {
+  using CT = typename Compute<T>::type;
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid & 31, warp = tid >> 5;
+  Acc<CT> a;
+  acc_init(a);
+  accumulate_chunk<T, kState, kHist, kAlignedOnly>(e, start, len, h, a);
   if constexpr (kState) {
     warp_sum(a);
-    const int lane = tid & 31, warp = tid >> 5;
     if (lane == 0) {
       MomentState s = moment_identity();
       s.nan = a.nan;

@@ -95,6 +95,21 @@ def _make_log_histogram(
     )
 
 
+class _RawRecord:
+    """One pending CUDA record: the plan that launched it and its device result."""
+
+    __slots__ = ("plan", "result")
+
+    def __init__(self, plan: Any, result: Any) -> None:
+        self.plan = plan
+        self.result = result
+
+
+def _run_key(payload: Any) -> Any:
+    """Records with the same key convert together (the plan of raw results; None: Summaries)."""
+    return payload.plan if isinstance(payload, _RawRecord) else None
+
+
 class _Column:
     """A growing numpy array along axis 0 (amortised O(1) appends)."""
 
@@ -134,7 +149,8 @@ class WeightTracker:
         Device models only: convert the deferred device results to host arrays at the latest
         once this many records are pending (bounds the device memory they hold). With a launch
         plan (CUDA tensors) records are converted as soon as 3 newer records exist, a few at
-        each step, which never waits for the device; ``max_pending`` then only matters below 4.
+        each step, which never waits for the device; ``max_pending`` then only matters when it
+        is 4 or less.
     lazy : bool, optional
         Defer conversion as on a device (``None``: only when the parameters are not on the CPU).
 
@@ -178,7 +194,7 @@ class WeightTracker:
 
     def _init_store(self) -> None:
         width = len(self.names)
-        self._pending: list[tuple[int, list[Any]]] = []
+        self._pending: list[tuple[int, Any]] = []  # (step, list of Summaries or _RawRecord)
         self._steps = _Column(np.int64)
         self._stats = _Column(np.float64, (width, len(STAT_FIELDS)))
         # Non-empty buckets (bucket, count), ordered by record, tensor, bucket; _nnz[r, t] of them
@@ -217,21 +233,22 @@ class WeightTracker:
         """Record the current weights now, labelled with the current step count."""
         if self._model is None:
             raise RuntimeError("this tracker was loaded from a file and has no model to record")
-        if self._plan is not None and self._plan.matches(self._plan_params):
-            # Hot path on CUDA: one enqueue, no per-tensor Python work, no synchronisation.
-            self._pending.append((self.num_steps, self._plan.launch()))
-            self._since_check += 1
-            if self._lazy is False or len(self._pending) >= self.max_pending:
-                self._flush()
-            elif len(self._pending) > _CONVERT_LAG:
-                # Records this old finished on the device long ago: converting them waits for
-                # nothing, and spreading the work over the steps never stalls the device.
-                if self._since_check >= _IDENTITY_CHECK_EVERY:
-                    self._check_plan_params()
-                done = len(self._pending) - _CONVERT_LAG
-                run, self._pending = self._pending[:done], self._pending[done:]
-                self._store(run, self._convert_raw(run))
-            return
+        if self._plan is not None:
+            if self._plan.matches(self._plan_params):
+                # Hot path on CUDA: one enqueue, no per-tensor Python work, no synchronisation.
+                plan = self._plan
+                self._pending.append((self.num_steps, _RawRecord(plan, plan.launch())))
+                self._since_check += 1
+                if self._lazy is False or len(self._pending) >= self.max_pending:
+                    self._flush()
+                elif len(self._pending) > _CONVERT_LAG:
+                    # Records this old finished on the device long ago: converting them waits
+                    # for nothing, and spreading the work over the steps never stalls the device.
+                    if self._since_check >= _IDENTITY_CHECK_EVERY:
+                        self._check_plan_params()
+                    self._convert_oldest(len(self._pending) - _CONVERT_LAG)
+                return
+            self._plan = None  # storage moved: pending records keep the old plan until copied
         from pyweightstat import describe_many
 
         params = self._current_params()
@@ -274,17 +291,27 @@ class WeightTracker:
             return
         if self._plan is not None:
             self._check_plan_params()
-        pending, self._pending = self._pending, []
-        # Consecutive runs of the same kind: raw plan results (one bulk fetch) or Summaries.
-        start = 0
-        while start < len(pending):
-            raw = not isinstance(pending[start][1], list)
-            stop = start
-            while stop < len(pending) and (not isinstance(pending[stop][1], list)) == raw:
+        self._convert_oldest(len(self._pending))
+
+    def _convert_oldest(self, count: int) -> None:
+        """Move the ``count`` oldest pending records into the store.
+
+        Consecutive records of one kind go together: raw results of one plan (one bulk fetch)
+        or lists of Summaries. A run leaves the queue only once it is converted.
+        """
+        while count > 0 and self._pending:
+            key = _run_key(self._pending[0][1])
+            stop = 1
+            while stop < min(count, len(self._pending)) and (
+                _run_key(self._pending[stop][1]) is key
+            ):
                 stop += 1
-            run = pending[start:stop]
-            self._store(run, self._convert_raw(run) if raw else self._convert_summaries(run))
-            start = stop
+            run = self._pending[:stop]
+            raw = isinstance(run[0][1], _RawRecord)
+            converted = self._convert_raw(run) if raw else self._convert_summaries(run)
+            del self._pending[:stop]
+            self._store(run, converted)
+            count -= stop
 
     def _check_plan_params(self) -> None:
         """Raise (dropping pending records) if the model's parameter objects were replaced."""
@@ -304,7 +331,7 @@ class WeightTracker:
         from .stats import _cuda
         from .stats.summary import fields_from_states
 
-        f, n, nnz, buckets, counts, flows = _cuda.fetch_many([res for _, res in run])
+        f, n, nnz, buckets, counts, flows = _cuda.fetch_many([rec.result for _, rec in run])
         return fields_from_states(f, n), nnz, buckets, counts, flows
 
     @staticmethod

@@ -318,6 +318,8 @@ class Plan:
     ) -> None:
         import torch
 
+        if not _core().build_info()["cuda"]:
+            raise ValueError("this build of pyweightstat has no CUDA kernels")
         names = names or [f"tensors[{i}]" for i in range(len(tensors))]
         items = [_input.prepare(t, name) for t, name in zip(tensors, names, strict=True)]
         if not items or any(

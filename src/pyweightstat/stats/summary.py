@@ -66,7 +66,9 @@ def fields_from_states(f: Any, n: Any) -> np.ndarray:
             "mean": np.where(has, f[..., 0], nan),
             "var": var,
             "std": np.where(var >= 0, np.sqrt(np.where(var >= 0, var, 0.0)), nan),
-            "skew": np.where(spread, np.sqrt(c) * f[..., 2] / safe_m2**1.5, nan),
+            # m2 * sqrt(m2), not m2**1.5: both steps are correctly rounded everywhere, so the
+            # result matches Summary.skew bit for bit (numpy's vectorised pow may differ by 1 ulp)
+            "skew": np.where(spread, np.sqrt(c) * f[..., 2] / (safe_m2 * np.sqrt(safe_m2)), nan),
             "kurtosis": np.where(spread, c * f[..., 3] / (safe_m2 * safe_m2) - 3.0, nan),
             "min": np.where(has, f[..., 4], nan),
             "max": np.where(has, f[..., 5], nan),
@@ -196,7 +198,7 @@ class Summary:
         f, n = self._state()
         if n[0] == 0 or not f[1] > 0:
             return math.nan
-        return float(math.sqrt(n[0]) * f[2] / f[1] ** 1.5)
+        return float(math.sqrt(n[0]) * f[2] / (f[1] * math.sqrt(f[1])))
 
     @property
     def kurtosis(self) -> float:
