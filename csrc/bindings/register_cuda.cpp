@@ -85,6 +85,19 @@ class DeviceBuffer {
   py::object keep_;
 };
 
+// Touched window of a log-histogram record from its header (see kHistHeader): the first bucket
+// and the number of buckets, {0, 0} when no finite value was counted.
+struct LogWindow {
+  int64_t first = 0;
+  int64_t len = 0;
+};
+
+LogWindow log_window(const int64_t* header, int64_t nb) {
+  if (header[4] <= 0) return {};
+  const int64_t first = nb - header[3];
+  return {first, header[4] - first};
+}
+
 class CudaResult {
  public:
   CudaResult(int device, void* stream, cu::Request req, cu::Layout layout)
@@ -214,12 +227,9 @@ class CudaResult {
       std::vector<int64_t*> dst(n, nullptr);
       std::vector<size_t> len(n, 0);
       for (size_t i = 0; i < n; ++i) {
-        const int64_t* h = heads.data() + i * cu::kHistHeader;
-        if (h[4] > 0) {
-          const int64_t lo = layout_.nb - h[3], hi = h[4] - 1;
-          first[i] = lo;
-          len[i] = static_cast<size_t>(hi - lo + 1);
-        }
+        const LogWindow w = log_window(heads.data() + i * cu::kHistHeader, layout_.nb);
+        first[i] = w.first;
+        len[i] = static_cast<size_t>(w.len);
         windows[i] = py::array_t<int64_t>(static_cast<py::ssize_t>(len[i]));
         dst[i] = windows[i].mutable_data();
       }
@@ -516,14 +526,13 @@ py::tuple fetch_many(const py::list& handles) {
       for (size_t i = 0; log && i < r; ++i) {
         int64_t lo = L.nb, hi = -1;
         for (size_t t = 0; t < p1; ++t) {
-          const int64_t* h = heads.data() + (i * p1 + t) * hdr;
-          if (h[4] <= 0) continue;
-          const int64_t a = L.nb - h[3], z = h[4] - 1;
-          first[i * p1 + t] = a;
-          len[i * p1 + t] = z - a + 1;
-          packed += z - a + 1;
-          lo = std::min(lo, a);
-          hi = std::max(hi, z);
+          const LogWindow w = log_window(heads.data() + (i * p1 + t) * hdr, L.nb);
+          if (w.len == 0) continue;
+          first[i * p1 + t] = w.first;
+          len[i * p1 + t] = w.len;
+          packed += w.len;
+          lo = std::min(lo, w.first);
+          hi = std::max(hi, w.first + w.len - 1);
         }
         lo_col[i] = hi >= 0 ? lo : 0;
         width[i] = hi >= 0 ? hi - lo + 1 : 0;

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from .stats.histogram import from_core
 from .stats.summary import FIELDS
 
 __all__ = ["STAT_FIELDS", "TOTAL_NAME", "WeightTracker"]
@@ -69,30 +70,6 @@ def _check_int(value: object, arg: str, minimum: int, maximum: int | None = None
         bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
         raise ValueError(f"{arg} must be {bound}, got {value}")
     return value
-
-
-def _make_log_histogram(
-    counts: np.ndarray,
-    first: int,
-    mantissa_bits: int,
-    underflow: int,
-    overflow: int,
-    nan_count: int,
-) -> Any:
-    """Build a log :class:`pyweightstat.Histogram` holding the window ``counts`` at ``first``."""
-    from pyweightstat import Histogram
-
-    return Histogram.from_dict(
-        {
-            "kind": "log",
-            "counts": np.asarray(counts, dtype=np.int64),
-            "first": int(first),
-            "mantissa_bits": int(mantissa_bits),
-            "underflow": int(underflow),
-            "overflow": int(overflow),
-            "nan_count": int(nan_count),
-        }
-    )
 
 
 class _RawRecord:
@@ -476,8 +453,8 @@ class WeightTracker:
         rec = self._record_index(record)
         counts, first = self._window(tensor, rec)
         underflow, overflow, nan_count = (int(v) for v in self._flows.values[rec, tensor])
-        return _make_log_histogram(
-            counts, first, self.mantissa_bits, underflow, overflow, nan_count
+        return from_core(
+            (first, counts, underflow, overflow, nan_count), False, None, self.mantissa_bits
         )
 
     # ------------------------------------------------------------------ persistence

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import _input
-from .histogram import Histogram
+from .histogram import Histogram, from_core
 from .summary import Summary
 
 _HIST_NONE, _HIST_UNIFORM, _HIST_LOG = 0, 1, 2
@@ -74,21 +74,7 @@ class _Call:
             self._handle = None
 
     def _make_hist(self, h: tuple | None, edges: np.ndarray | None) -> Histogram | None:
-        if h is None:
-            return None
-        first, counts, under, over, nan = h
-        if self.hist_kind == _HIST_UNIFORM:
-            return Histogram(counts, edges, under, over, nan)
-        return Histogram(
-            counts,
-            None,
-            under,
-            over,
-            nan,
-            kind="log",
-            first=first,
-            mantissa_bits=self.mantissa_bits,
-        )
+        return from_core(h, self.hist_kind == _HIST_UNIFORM, edges, self.mantissa_bits)
 
     def state(self, i: int) -> tuple[np.ndarray, np.ndarray, Histogram | None]:
         """Host state of tensor ``i`` (copies every tensor's results on the first call)."""
@@ -173,6 +159,16 @@ def _export_torch(x: Any, stream: int) -> Any:
     return x.__dlpack__(stream=stream)
 
 
+def _torch_allocator(device: Any) -> Any:
+    """``alloc(nbytes)``: a ``torch.uint8`` buffer on ``device`` from torch's caching allocator."""
+    import torch
+
+    def alloc(nbytes: int) -> Any:
+        return torch.empty(int(nbytes), dtype=torch.uint8, device=device)
+
+    return alloc
+
+
 def _export_other(x: Any) -> Any:
     try:
         return x.__dlpack__(stream=_DLPACK_LEGACY_STREAM)
@@ -227,9 +223,7 @@ def run(
             dl_stream = stream if stream != 0 else _DLPACK_LEGACY_STREAM
             caps = [_export_torch(p.obj, dl_stream) for p in items]
 
-            def alloc(nbytes: int) -> Any:
-                return torch.empty(int(nbytes), dtype=torch.uint8, device=f"cuda:{dev}")
-
+            alloc = _torch_allocator(torch.device("cuda", dev))
             handle = core.describe_cuda(
                 caps,
                 names,
@@ -347,6 +341,7 @@ class Plan:
                 caps, [p.name for p in items], dev, hist_kind, mantissa_bits or 0
             )
         self._device = torch.device("cuda", dev)
+        self._alloc = _torch_allocator(self._device)
 
     def matches(self, tensors: list[Any]) -> bool:
         """Whether ``tensors`` are still at the addresses the plan reads (same count, in order)."""
@@ -359,12 +354,7 @@ class Plan:
         import torch
 
         stream = torch.cuda.current_stream(self._device)
-        device = self._device
-
-        def alloc(nbytes: int) -> Any:
-            return torch.empty(int(nbytes), dtype=torch.uint8, device=device)
-
-        return self._plan.launch(int(stream.cuda_stream), alloc, True)
+        return self._plan.launch(int(stream.cuda_stream), self._alloc, True)
 
 
 def fetch_many(results: list[Any]) -> tuple[np.ndarray, ...]:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from . import _input
-from .histogram import Histogram
+from .histogram import Histogram, from_core
 from .summary import Summary
 
 _HIST_NONE, _HIST_UNIFORM, _HIST_LOG = 0, 1, 2
@@ -71,26 +71,11 @@ def _run(
     f, n, hists = _core().describe_cpu(
         caps, names, moments, hist_kind, bins, edges or [], mantissa_bits
     )
-    out = []
-    for i, h in enumerate(hists):
-        hist = None
-        if h is not None:
-            first, counts, under, over, nan = h
-            if hist_kind == _HIST_UNIFORM:
-                hist = Histogram(counts, edges[i], under, over, nan)
-            else:
-                hist = Histogram(
-                    counts,
-                    None,
-                    under,
-                    over,
-                    nan,
-                    kind="log",
-                    first=first,
-                    mantissa_bits=mantissa_bits,
-                )
-        out.append(Summary(f[i], n[i], hist))
-    return out
+    uniform = hist_kind == _HIST_UNIFORM
+    return [
+        Summary(f[i], n[i], from_core(h, uniform, edges[i] if uniform else None, mantissa_bits))
+        for i, h in enumerate(hists)
+    ]
 
 
 def _uniform_edges(

@@ -362,3 +362,26 @@ class Histogram:
                 mantissa_bits=d["mantissa_bits"],
             )
         return cls(d["counts"], d["edges"], d["underflow"], d["overflow"], d["nan_count"])
+
+
+def from_core(h: tuple | None, uniform: bool, edges: Any, mantissa_bits: int) -> Histogram | None:
+    """The :class:`Histogram` of an engine result tuple ``(first, counts, under, over, nan)``.
+
+    ``uniform``: over ``edges``; otherwise a log histogram whose window starts at bucket
+    ``first`` of the universal grid with ``mantissa_bits``. ``h`` None gives None.
+    """
+    if h is None:
+        return None
+    first, counts, under, over, nan = h
+    if uniform:
+        return Histogram(counts, edges, under, over, nan)
+    return Histogram(
+        counts,
+        None,
+        under,
+        over,
+        nan,
+        kind="log",
+        first=first,
+        mantissa_bits=mantissa_bits,
+    )
