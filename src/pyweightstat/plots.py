@@ -9,7 +9,7 @@ path it wrote. :data:`FIGURES` lists them in report order.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,15 @@ def _grid(res: Mapping[str, Any], size: float = 3.2) -> tuple[Any, np.ndarray, l
     )
     fig.subplots_adjust(left=0.08, right=0.97, bottom=0.08, top=0.94, wspace=0.35, hspace=0.55)
     return fig, axes, ds, fams
+
+
+def _panels(
+    res: Mapping[str, Any], axes: np.ndarray, ds: list, fams: list
+) -> Iterator[tuple[Any, str, str, Mapping[str, Any] | None]]:
+    """(axes, data set, family, cell results or None) for every panel of a :func:`_grid`."""
+    for i, d in enumerate(ds):
+        for j, f in enumerate(fams):
+            yield axes[i, j], d, f, res["cells"].get(f"{d}/{f}")
 
 
 def _save(fig: Any, path: str | Path) -> Path:
@@ -168,36 +177,33 @@ def group_histograms(data: Any, res: Mapping[str, Any], path: str | Path) -> Pat
 
     fig, axes, ds, fams = _grid(res)
     ids, labels = res["run_ids"], res["labels"]
-    for i, d in enumerate(ds):
-        for j, f in enumerate(fams):
-            ax = axes[i, j]
-            cell = res["cells"].get(f"{d}/{f}")
-            idx = cell["indices"] if cell else []
-            sel = [k for k in idx if labels[k] in ("optimal", "suboptimal")]
-            if not sel:
-                _empty(ax)
-                continue
-            counts, edges, _ = aligned_counts([data.hists[ids[k]] for k in sel])
-            mass = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-            coarse, centres = _coarse(mass, edges)
-            for row, k in enumerate(sel):
-                ax.plot(centres, coarse[row], color=_GROUP_COLORS[labels[k]], alpha=0.35, lw=0.8)
-            for g in ("optimal", "suboptimal"):
-                rows = [row for row, k in enumerate(sel) if labels[k] == g]
-                if rows:
-                    ax.plot(
-                        centres,
-                        coarse[rows].mean(axis=0),
-                        color=_GROUP_COLORS[g],
-                        lw=2,
-                        label=f"{g} (n={len(rows)})",
-                    )
-            ax.set_xscale("symlog", linthresh=1e-3)
-            ax.set_title(f"{d} / {f}", fontsize=9)
-            ax.set_xlabel("weight value", fontsize=8)
-            ax.set_ylabel("mass per bucket", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.legend(fontsize=6)
+    for ax, d, f, cell in _panels(res, axes, ds, fams):
+        idx = cell["indices"] if cell else []
+        sel = [k for k in idx if labels[k] in ("optimal", "suboptimal")]
+        if not sel:
+            _empty(ax)
+            continue
+        counts, edges, _ = aligned_counts([data.hists[ids[k]] for k in sel])
+        mass = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+        coarse, centres = _coarse(mass, edges)
+        for row, k in enumerate(sel):
+            ax.plot(centres, coarse[row], color=_GROUP_COLORS[labels[k]], alpha=0.35, lw=0.8)
+        for g in ("optimal", "suboptimal"):
+            rows = [row for row, k in enumerate(sel) if labels[k] == g]
+            if rows:
+                ax.plot(
+                    centres,
+                    coarse[rows].mean(axis=0),
+                    color=_GROUP_COLORS[g],
+                    lw=2,
+                    label=f"{g} (n={len(rows)})",
+                )
+        ax.set_xscale("symlog", linthresh=1e-3)
+        ax.set_title(f"{d} / {f}", fontsize=9)
+        ax.set_xlabel("weight value", fontsize=8)
+        ax.set_ylabel("mass per bucket", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
     return _save(fig, path)
 
 
@@ -273,21 +279,18 @@ def distance_heatmaps(
     dmat = np.asarray(res["distances"][metric])
     ids = res["run_ids"]
     acc = {r["run_id"]: r["test_acc"] for r in data.runs}
-    for i, d in enumerate(ds):
-        for j, f in enumerate(fams):
-            ax = axes[i, j]
-            cell = res["cells"].get(f"{d}/{f}")
-            idx = list(cell["indices"]) if cell else []
-            if len(idx) < 2:
-                _empty(ax)
-                continue
-            idx.sort(key=lambda k: acc[ids[k]])
-            im = ax.imshow(dmat[np.ix_(idx, idx)], cmap="viridis", origin="lower")
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
-            ax.set_title(f"{d} / {f}: {metric}", fontsize=9)
-            ax.set_xlabel("runs by accuracy →", fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
+    for ax, d, f, cell in _panels(res, axes, ds, fams):
+        idx = list(cell["indices"]) if cell else []
+        if len(idx) < 2:
+            _empty(ax)
+            continue
+        idx.sort(key=lambda k: acc[ids[k]])
+        im = ax.imshow(dmat[np.ix_(idx, idx)], cmap="viridis", origin="lower")
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+        ax.set_title(f"{d} / {f}: {metric}", fontsize=9)
+        ax.set_xlabel("runs by accuracy →", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
     return _save(fig, path)
 
 
@@ -309,22 +312,19 @@ def accuracy_bin_js(data: Any, res: Mapping[str, Any], path: str | Path) -> Path
         ``path``.
     """
     fig, axes, ds, fams = _grid(res)
-    for i, d in enumerate(ds):
-        for j, f in enumerate(fams):
-            ax = axes[i, j]
-            cell = res["cells"].get(f"{d}/{f}")
-            bins = cell["acc_bins"] if cell else {"bins": []}
-            if len(bins["bins"]) < 2:
-                _empty(ax, "fewer than 2 bins")
-                continue
-            m = np.asarray(bins["js"])
-            im = ax.imshow(m, cmap="magma", origin="lower", vmin=0)
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
-            lab = [f"{lo:.3f}" for lo, _ in bins["bins"]]
-            step = max(1, len(lab) // 6)
-            ax.set_xticks(range(0, len(lab), step), lab[::step], rotation=90, fontsize=6)
-            ax.set_yticks(range(0, len(lab), step), lab[::step], fontsize=6)
-            ax.set_title(f"{d} / {f}: JS across accuracy bins", fontsize=9)
+    for ax, d, f, cell in _panels(res, axes, ds, fams):
+        bins = cell["acc_bins"] if cell else {"bins": []}
+        if len(bins["bins"]) < 2:
+            _empty(ax, "fewer than 2 bins")
+            continue
+        m = np.asarray(bins["js"])
+        im = ax.imshow(m, cmap="magma", origin="lower", vmin=0)
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
+        lab = [f"{lo:.3f}" for lo, _ in bins["bins"]]
+        step = max(1, len(lab) // 6)
+        ax.set_xticks(range(0, len(lab), step), lab[::step], rotation=90, fontsize=6)
+        ax.set_yticks(range(0, len(lab), step), lab[::step], fontsize=6)
+        ax.set_title(f"{d} / {f}: JS across accuracy bins", fontsize=9)
     return _save(fig, path)
 
 
@@ -347,50 +347,47 @@ def node_strength_distributions(data: Any, res: Mapping[str, Any], path: str | P
     """
     fig, axes, ds, fams = _grid(res)
     ids, labels = res["run_ids"], res["labels"]
-    for i, d in enumerate(ds):
-        for j, f in enumerate(fams):
-            ax = axes[i, j]
-            cell = res["cells"].get(f"{d}/{f}")
-            idx = cell["indices"] if cell else []
-            drawn = False
-            vals_all = {
-                g: [
-                    data.node_strength[ids[k]][0]["strength_abs"]
-                    for k in idx
-                    if labels[k] == g and data.node_strength.get(ids[k])
-                ]
-                for g in ("optimal", "suboptimal")
-            }
-            finite = [np.concatenate(v) for v in vals_all.values() if v]
-            finite = [v[np.isfinite(v) & (v > 0)] for v in finite]
-            if finite and all(v.size for v in finite):
-                lo = min(v.min() for v in finite)
-                hi = max(v.max() for v in finite)
-                edges = np.geomspace(lo, hi, 40) if hi > lo else np.array([lo, lo * 1.01])
-                for g, v in vals_all.items():
-                    if not v:
-                        continue
-                    x = np.concatenate(v)
-                    x = x[np.isfinite(x) & (x > 0)]
-                    ax.hist(
-                        x,
-                        bins=edges,
-                        density=True,
-                        histtype="step",
-                        lw=1.5,
-                        color=_GROUP_COLORS[g],
-                        label=f"{g} ({len(v)} runs)",
-                    )
-                    drawn = True
-                ax.set_xscale("log")
-            if not drawn:
-                _empty(ax)
-                continue
-            name = data.node_strength[ids[idx[0]]][0]["layer"] if idx else ""
-            ax.set_title(f"{d} / {f}: {name}", fontsize=9)
-            ax.set_xlabel("node strength (|w|)", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.legend(fontsize=6)
+    for ax, d, f, cell in _panels(res, axes, ds, fams):
+        idx = cell["indices"] if cell else []
+        drawn = False
+        vals_all = {
+            g: [
+                data.node_strength[ids[k]][0]["strength_abs"]
+                for k in idx
+                if labels[k] == g and data.node_strength.get(ids[k])
+            ]
+            for g in ("optimal", "suboptimal")
+        }
+        finite = [np.concatenate(v) for v in vals_all.values() if v]
+        finite = [v[np.isfinite(v) & (v > 0)] for v in finite]
+        if finite and all(v.size for v in finite):
+            lo = min(v.min() for v in finite)
+            hi = max(v.max() for v in finite)
+            edges = np.geomspace(lo, hi, 40) if hi > lo else np.array([lo, lo * 1.01])
+            for g, v in vals_all.items():
+                if not v:
+                    continue
+                x = np.concatenate(v)
+                x = x[np.isfinite(x) & (x > 0)]
+                ax.hist(
+                    x,
+                    bins=edges,
+                    density=True,
+                    histtype="step",
+                    lw=1.5,
+                    color=_GROUP_COLORS[g],
+                    label=f"{g} ({len(v)} runs)",
+                )
+                drawn = True
+            ax.set_xscale("log")
+        if not drawn:
+            _empty(ax)
+            continue
+        name = data.node_strength[ids[idx[0]]][0]["layer"] if idx else ""
+        ax.set_title(f"{d} / {f}: {name}", fontsize=9)
+        ax.set_xlabel("node strength (|w|)", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
     return _save(fig, path)
 
 
@@ -501,37 +498,34 @@ def trajectories(data: Any, res: Mapping[str, Any], path: str | Path) -> Path:
     ids, labels = res["run_ids"], res["labels"]
     points = int(res["config"].get("trajectory_points", 20))
     grid = np.linspace(0, 1, points)
-    for i, d in enumerate(ds):
-        for j, f in enumerate(fams):
-            ax = axes[i, j]
-            cell = res["cells"].get(f"{d}/{f}")
-            idx = cell["indices"] if cell else []
-            drawn = False
-            for g in ("optimal", "suboptimal"):
-                curves = []
-                for k in idx:
-                    if labels[k] == g and ids[k] in data.trajectories:
-                        y = normalised_trajectory(data.trajectories[ids[k]], points)
-                        if y is not None:
-                            curves.append(y)
-                            ax.plot(grid, y, color=_GROUP_COLORS[g], alpha=0.3, lw=0.8)
-                if curves:
-                    ax.plot(
-                        grid,
-                        np.mean(curves, axis=0),
-                        color=_GROUP_COLORS[g],
-                        lw=2,
-                        label=f"{g} (n={len(curves)})",
-                    )
-                    drawn = True
-            if not drawn:
-                _empty(ax, "no trajectories")
-                continue
-            ax.set_title(f"{d} / {f}", fontsize=9)
-            ax.set_xlabel("training progress", fontsize=8)
-            ax.set_ylabel("std / std at start", fontsize=8)
-            ax.tick_params(labelsize=7)
-            ax.legend(fontsize=6)
+    for ax, d, f, cell in _panels(res, axes, ds, fams):
+        idx = cell["indices"] if cell else []
+        drawn = False
+        for g in ("optimal", "suboptimal"):
+            curves = []
+            for k in idx:
+                if labels[k] == g and ids[k] in data.trajectories:
+                    y = normalised_trajectory(data.trajectories[ids[k]], points)
+                    if y is not None:
+                        curves.append(y)
+                        ax.plot(grid, y, color=_GROUP_COLORS[g], alpha=0.3, lw=0.8)
+            if curves:
+                ax.plot(
+                    grid,
+                    np.mean(curves, axis=0),
+                    color=_GROUP_COLORS[g],
+                    lw=2,
+                    label=f"{g} (n={len(curves)})",
+                )
+                drawn = True
+        if not drawn:
+            _empty(ax, "no trajectories")
+            continue
+        ax.set_title(f"{d} / {f}", fontsize=9)
+        ax.set_xlabel("training progress", fontsize=8)
+        ax.set_ylabel("std / std at start", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
     return _save(fig, path)
 
 
