@@ -142,7 +142,7 @@ def test_strided_inputs(case: int) -> None:
 
 # ------------------------------------------------------------------------------ histograms
 @pytest.mark.parametrize("dtype", DTYPES)
-# shared-memory counters in 4 copies (<= 256 bins), 1 copy (6000), global memory (20000)
+# shared-memory counters (<= 6000 bins), global memory (20000)
 @pytest.mark.parametrize("bins", [1, 7, 256, 6000, 20000])
 @pytest.mark.parametrize("with_range", [False, True])
 def test_uniform_histogram_exact(dtype: torch.dtype, bins: int, with_range: bool) -> None:
@@ -186,7 +186,7 @@ def test_uniform_explicit_edges() -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-# shared-memory counters in 4 copies (m <= 3), 2 (m = 4), 1 (m = 5); global memory (m >= 6)
+# shared-memory counters (m <= 5); global memory (m >= 6)
 @pytest.mark.parametrize("m", [0, 3, 4, 5, 7, 10])
 def test_log_histogram_exact(dtype: torch.dtype, m: int) -> None:
     x = _data(300_001, dtype, seed=m)
@@ -198,6 +198,48 @@ def test_log_histogram_exact(dtype: torch.dtype, m: int) -> None:
     nz = np.flatnonzero(counts)
     assert h.first == nz[0] and h.counts.size == nz[-1] - nz[0] + 1  # trimmed window
     assert h == pws.log_histogram(x.cpu(), mantissa_bits=m)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("m", [0, 3, 5])
+def test_log_histogram_random_bit_patterns(dtype: torch.dtype, m: int) -> None:
+    # Every class of float at once (normals of every exponent, subnormals, +-0, +-Inf, NaN), for
+    # the branch-free bucket formula of the kernels' fast and general paths.
+    g = torch.Generator().manual_seed(m)
+    if dtype == torch.float32:
+        bits = torch.randint(-(2**31), 2**31, (1_000_003,), generator=g, dtype=torch.int64)
+        x = bits.to(torch.int32).view(torch.float32)
+    else:
+        bits = torch.randint(-(2**15), 2**15, (1_000_003,), generator=g, dtype=torch.int64)
+        x = bits.to(torch.int16).view(dtype)
+    # Long runs of finite values too, so whole groups take the fast path.
+    x = torch.cat([x, x[torch.isfinite(x)]]).to(DEV)
+    h = pws.log_histogram(x, mantissa_bits=m)
+    counts, under, over, nan = ref_log_histogram(x, m)
+    np.testing.assert_array_equal(full_log_counts(h, ref_log_num_buckets(m)), counts)
+    assert (h.underflow, h.overflow, h.nan_count) == (under, over, nan)
+    assert h == pws.log_histogram(x.cpu(), mantissa_bits=m)
+
+
+def test_log_histogram_window_across_chunks() -> None:
+    # The window comes from each chunk's finite extremes: the lowest and highest buckets sit in
+    # different chunks, one chunk holds no finite value at all, and a tensor has only NaN.
+    n = 3 * 65536 + 17
+    x = torch.full((n,), 0.5, device=DEV)
+    x[65536 : 2 * 65536] = float("nan")
+    x[65536 + 5] = float("inf")
+    x[100] = -3e-39  # a negative subnormal: the zero bucket
+    x[2 * 65536 + 9] = -7.0  # the lowest bucket, in the third chunk
+    x[n - 1] = 1e30  # the highest, in the last (short) chunk
+    only_nan = torch.full((1000,), float("nan"), device=DEV)
+    for m in (0, 3):
+        res = pws.describe_many([x, only_nan], mantissa_bits=m)
+        for t, r in zip([x, only_nan], res, strict=True):
+            counts, under, over, nan = ref_log_histogram(t, m)
+            np.testing.assert_array_equal(full_log_counts(r.hist, ref_log_num_buckets(m)), counts)
+            assert (r.hist.underflow, r.hist.overflow, r.hist.nan_count) == (under, over, nan)
+            assert r.hist == pws.log_histogram(t.cpu(), mantissa_bits=m)
+        assert res[1].hist.counts.size == 0
 
 
 def test_float64_beyond_float32_range_goes_to_overflow() -> None:

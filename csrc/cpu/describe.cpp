@@ -388,8 +388,6 @@ PWS_FORCEINLINE void process_group(const CT* __restrict x, int64_t n, MomentStat
       for (; k < n; ++k) ++cnt[codes[k]];
     } else {
       const int32_t c = static_cast<int32_t>(log_center(mbits));
-      const int32_t one = int32_t(1) << mbits;
-      const int shiftbits = 23 - mbits;
       int32_t lo = std::numeric_limits<int32_t>::max(), hi = -1;
       const int32_t big = std::numeric_limits<int32_t>::max();
       int64_t k0 = 0;
@@ -402,20 +400,12 @@ PWS_FORCEINLINE void process_group(const CT* __restrict x, int64_t n, MomentStat
                                  static_cast<int32_t>(log_bucket(static_cast<float>(gmax), mbits)));
         }
       }
-      for (int64_t k = k0; k < n; ++k) {  // general case, branch-free
-        const uint32_t b = bits_from_float(static_cast<float>(x[k]));
-        const uint32_t mag = b & 0x7fffffffu;
-        const int32_t neg = static_cast<int32_t>(b >> 31);
-        const int32_t kk = static_cast<int32_t>(mag >> shiftbits) - one;
-        const int32_t normal = c + 1 + kk - neg * (2 + 2 * kk);  // c+1+kk, or c-1-kk if negative
-        const int32_t tiny = static_cast<int32_t>(mag < 0x00800000u);
-        const int32_t nonfinite = static_cast<int32_t>(mag >= 0x7f800000u);
-        const int32_t special =
-            2 * c + 2 - neg + static_cast<int32_t>(mag > 0x7f800000u) * (1 + neg);
-        int32_t code = normal + tiny * (c - normal);
-        code = code + nonfinite * (special - code);
+      // General case, branch-free: -inf, +inf and NaN get the codes past the 2c + 1 buckets.
+      const LogCoder lc = make_log_coder(mbits, 0, 2 * c + 1, 2 * c + 2, 2 * c + 3);
+      for (int64_t k = k0; k < n; ++k) {
+        const int32_t code = log_code(bits_from_float(static_cast<float>(x[k])), lc);
         codes[k] = code;
-        const int32_t fin = 1 - nonfinite;
+        const bool fin = code <= 2 * c;
         const int32_t cl = fin ? code : big, ch = fin ? code : -1;
         lo = cl < lo ? cl : lo;
         hi = ch > hi ? ch : hi;

@@ -73,10 +73,6 @@ struct Layout {
 
 Layout make_layout(const std::vector<int64_t>& numels, const Request& req);
 
-// Copies of the histogram counters one block keeps in shared memory on the current device (0:
-// counters in global memory).
-int hist_copies(const Request& req);
-
 // Enqueue the fused pass. `host_edges` (kEdgesExplicit only) holds P x (bins + 1) float64 and
 // may be freed on return. Throws std::runtime_error naming the failing CUDA call.
 void launch_describe(const std::vector<Entry>& entries, const Request& req, const Layout& layout,

@@ -36,6 +36,39 @@ PWS_HD PWS_FORCEINLINE int64_t log_bucket(float v, int m) {
   return (b >> 31) ? c - 1 - k : c + 1 + k;
 }
 
+// log_bucket in branch-free 32-bit arithmetic, for the kernels' inner loops: the code of a value
+// is `finite_base + bucket` for a finite value and one of three caller-chosen codes for -inf,
+// +inf and NaN. With q = |bits| >> (23 - m), a normal value lies 1 + k = q + 1 - 2^m >= 1 buckets
+// from the centre and a zero or subnormal one q + 1 - 2^m <= 0, clamped to 0.
+struct LogCoder {
+  int32_t shift;             // 23 - m
+  int32_t qoff;              // 1 - 2^m
+  int32_t base;              // finite_base + C (the code of zero)
+  int32_t under, over, nan;  // codes of -inf, +inf, NaN
+};
+
+PWS_HD PWS_FORCEINLINE LogCoder make_log_coder(int m, int32_t finite_base, int32_t under,
+                                               int32_t over, int32_t nan) {
+  return LogCoder{
+      23 - m, 1 - (int32_t(1) << m), finite_base + static_cast<int32_t>(log_center(m)), under, over,
+      nan};
+}
+
+// Code of a finite value from its float32 bits.
+PWS_HD PWS_FORCEINLINE int32_t log_code_finite(uint32_t b, const LogCoder& lc) {
+  int32_t off = static_cast<int32_t>((b & 0x7fffffffu) >> lc.shift) + lc.qoff;
+  off = off > 0 ? off : 0;
+  const int32_t neg = -static_cast<int32_t>(b >> 31);  // -1 for a negative value, else 0
+  return lc.base + ((off ^ neg) - neg);
+}
+
+// Code of any value from its float32 bits.
+PWS_HD PWS_FORCEINLINE int32_t log_code(uint32_t b, const LogCoder& lc) {
+  const uint32_t mag = b & 0x7fffffffu;
+  const int32_t special = mag > 0x7f800000u ? lc.nan : ((b >> 31) ? lc.under : lc.over);
+  return mag >= 0x7f800000u ? special : log_code_finite(b, lc);
+}
+
 struct UniformLayout {
   int64_t bins;
   double lo, hi;
