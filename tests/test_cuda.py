@@ -566,7 +566,8 @@ def _field_tolerances(ref: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("max_pending", [2, 256])  # bulk copies / copies 3 records behind
-def test_tracker_on_cuda_matches_cpu_tracker(max_pending: int) -> None:
+@pytest.mark.parametrize("hist_every", [1, 3])  # 3: a moments-only plan beside the log plan
+def test_tracker_on_cuda_matches_cpu_tracker(max_pending: int, hist_every: int) -> None:
     import copy
 
     from pyweightstat import WeightTracker
@@ -574,8 +575,8 @@ def test_tracker_on_cuda_matches_cpu_tracker(max_pending: int) -> None:
     torch.manual_seed(0)
     cpu = torch.nn.Sequential(torch.nn.Linear(20, 300), torch.nn.ReLU(), torch.nn.Linear(300, 5))
     gpu = copy.deepcopy(cpu).to(DEV)
-    tc = WeightTracker(cpu, mantissa_bits=3)
-    tg = WeightTracker(gpu, mantissa_bits=3, max_pending=max_pending)
+    tc = WeightTracker(cpu, mantissa_bits=3, hist_every=hist_every)
+    tg = WeightTracker(gpu, mantissa_bits=3, max_pending=max_pending, hist_every=hist_every)
     for step in range(8):
         with torch.no_grad():  # elementwise IEEE ops: identical values on both devices
             for model in (cpu, gpu):
@@ -587,10 +588,12 @@ def test_tracker_on_cuda_matches_cpu_tracker(max_pending: int) -> None:
         tg.step()
         if max_pending == 256 and step >= 3:
             assert len(tg._pending) == 3  # older records were copied already
-    assert tg._plan is not None
+    assert set(tg._plans) == ({True} if hist_every == 1 else {True, False})
     a, b = tc.trajectory(), tg.trajectory()
     np.testing.assert_array_equal(a["steps"], b["steps"])
-    for key in ("hist_record", "hist_tensor", "hist_bucket", "hist_count", "hist_flows"):
+    assert a["has_hist"].sum() == (8 + hist_every - 1) // hist_every
+    hist_keys = ("hist_record", "hist_tensor", "hist_bucket", "hist_count", "hist_flows")
+    for key in ("has_hist", *hist_keys):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
     for r in range(len(a["steps"])):
         for t in range(len(a["names"])):

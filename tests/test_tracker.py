@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -154,6 +155,66 @@ def test_deferred_conversion_matches_eager() -> None:
             assert value == b[key]
 
 
+@pytest.mark.parametrize("lazy", [False, True])
+def test_hist_every(lazy: bool, tmp_path: Path) -> None:
+    # Moments at every record, histograms at records 0, 3, 6 (and where forced), compared with
+    # a tracker that keeps everything, on identical models trained identically.
+    model_all, model_some = _mlp(), _mlp()
+    full = WeightTracker(model_all, mantissa_bits=M)
+    some = WeightTracker(model_some, mantissa_bits=M, hist_every=3, lazy=lazy, max_pending=2)
+    snaps = _train(model_all, full, 7)
+    _train(model_some, some, 7)
+    full.record()
+    some.record(hist=False)  # record 7: not on the schedule either way
+    full.record()
+    some.record(hist=True)  # record 8: forced
+    want = np.array([True, False, False, True, False, False, True, False, True])
+    a, b = full.trajectory(), some.trajectory()
+    np.testing.assert_array_equal(b["has_hist"], want)
+    assert a["has_hist"].all() and b["hist_every"] == 3 and a["hist_every"] == 1
+    np.testing.assert_array_equal(a["stats"], b["stats"])  # moments of every record, identical
+    np.testing.assert_array_equal(some.hist_records, np.flatnonzero(want))
+    assert set(b["hist_record"].tolist()) == set(np.flatnonzero(want).tolist())
+    np.testing.assert_array_equal(b["hist_flows"][~want], 0)
+    for rec in np.flatnonzero(want):
+        for name in some.names:
+            assert some.histogram(name, int(rec)) == full.histogram(name, int(rec))
+    # Against NumPy: record 3 holds the weights after step 4.
+    counts, *_ = ref_log_histogram(snaps[3]["0.weight"], M)
+    h = some.histogram("0.weight", 3)
+    np.testing.assert_array_equal(_dense(np.asarray(h.counts), h.first), counts)
+    for rec in (1, 7, -2):
+        with pytest.raises(ValueError, match="no histograms"):
+            some.histogram("0.weight", rec)
+    with pytest.raises(TypeError, match="hist"):
+        some.record(hist=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="hist_every"):
+        WeightTracker(_mlp(), hist_every=0)
+    # The schedule and the gaps survive a save/load round trip.
+    loaded = WeightTracker.load(some.save(tmp_path / "some.npz"))
+    c = loaded.trajectory()
+    for key, value in b.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, c[key])
+        else:
+            assert value == c[key]
+    with pytest.raises(ValueError, match="no histograms"):
+        loaded.histogram(TOTAL_NAME, 1)
+
+
+def test_load_format_version_1(trained, tmp_path: Path) -> None:
+    # Files written before hist_every existed have histograms at every record.
+    _, tracker, _ = trained
+    path = tracker.save(tmp_path / "v2.npz")
+    with np.load(path) as npz:
+        data = {k: npz[k] for k in npz.files if k not in ("has_hist", "hist_every")}
+    data["format_version"] = np.int64(1)
+    np.savez(tmp_path / "v1.npz", **data)
+    loaded = WeightTracker.load(tmp_path / "v1.npz")
+    assert loaded.hist_every == 1 and loaded.hist_records.tolist() == [0, 1, 2, 3]
+    assert loaded.histogram("0.weight", 1) == tracker.histogram("0.weight", 1)
+
+
 def test_save_load_round_trip(trained, tmp_path: Path) -> None:
     _, tracker, _ = trained
     path = tracker.save(tmp_path / "run.tracker")  # no suffix added
@@ -253,6 +314,19 @@ def test_tensorboard_log_dir(trained, tmp_path: Path) -> None:
         tracker.to_tensorboard(object())
 
 
+def test_tensorboard_skips_records_without_histograms(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = _mlp()
+    tracker = WeightTracker(model, mantissa_bits=M, hist_every=2)
+    _train(model, tracker, 5)  # histograms at records 0, 2, 4 = steps 1, 3, 5
+    assert tracker.to_tensorboard(tmp_path / "tb") == 3 * len(tracker.names)
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"histograms": 0})
+    acc.Reload()
+    assert [e.step for e in acc.Histograms(f"weights/{TOTAL_NAME}")] == [1, 3, 5]
+
+
 def test_tensorboard_missing(trained, monkeypatch: pytest.MonkeyPatch) -> None:
     _, tracker, _ = trained
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # makes `import tensorboard` fail
@@ -328,7 +402,8 @@ def test_pending_runs_convert_in_order_by_kind_and_plan(monkeypatch: pytest.Monk
     tracker.record()  # a host record (list of Summaries)
     width = len(tracker.names)
     stats_row = tracker._pending[0][1]
-    plan_a, plan_b = object(), object()
+    # plan B: a moments-only plan (hist_every > 1)
+    plan_a, plan_b = SimpleNamespace(mantissa_bits=M), SimpleNamespace(mantissa_bits=None)
     calls: list[list[int]] = []
 
     def fake_convert_raw(run: list) -> tuple:
@@ -361,4 +436,5 @@ def test_pending_runs_convert_in_order_by_kind_and_plan(monkeypatch: pytest.Monk
     monkeypatch.setattr(WeightTracker, "_convert_raw", staticmethod(fake_convert_raw))
     traj = tracker.trajectory()
     assert traj["steps"].tolist() == [0, 1, 2, 3, 4]
+    assert traj["has_hist"].tolist() == [True, True, True, False, True]
     assert calls == [[1, 2], [3]]
