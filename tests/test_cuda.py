@@ -200,25 +200,38 @@ def test_log_histogram_exact(dtype: torch.dtype, m: int) -> None:
     assert h == pws.log_histogram(x.cpu(), mantissa_bits=m)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("m", [0, 3, 5])
-def test_log_histogram_random_bit_patterns(dtype: torch.dtype, m: int) -> None:
+def _assert_log_hist_matches_reference(h: pws.Histogram, x: torch.Tensor, m: int) -> None:
+    """Exact counts, counters and window (no empty bucket at either end) against the float64
+    reference, and equality with the CPU engine."""
+    counts, under, over, nan = ref_log_histogram(x, m)
+    np.testing.assert_array_equal(full_log_counts(h, ref_log_num_buckets(m)), counts)
+    assert (h.underflow, h.overflow, h.nan_count) == (under, over, nan)
+    nz = np.flatnonzero(counts)
+    if nz.size:
+        assert h.first == nz[0] and h.counts.size == nz[-1] - nz[0] + 1  # the exact window
+    else:
+        assert h.counts.size == 0
+    assert h == pws.log_histogram(x.cpu(), mantissa_bits=m)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("m", [0, 3, 5, 10])  # m = 10: counters in global memory
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
+def test_log_histogram_random_bit_patterns(dtype: torch.dtype, m: int, layout: str) -> None:
     # Every class of float at once (normals of every exponent, subnormals, +-0, +-Inf, NaN), for
     # the branch-free bucket formula of the kernels' fast and general paths.
     g = torch.Generator().manual_seed(m)
-    if dtype == torch.float32:
+    if dtype in (torch.float32, torch.float64):  # float64: every float32 value, widened
         bits = torch.randint(-(2**31), 2**31, (1_000_003,), generator=g, dtype=torch.int64)
-        x = bits.to(torch.int32).view(torch.float32)
+        x = bits.to(torch.int32).view(torch.float32).to(dtype)
     else:
         bits = torch.randint(-(2**15), 2**15, (1_000_003,), generator=g, dtype=torch.int64)
         x = bits.to(torch.int16).view(dtype)
     # Long runs of finite values too, so whole groups take the fast path.
     x = torch.cat([x, x[torch.isfinite(x)]]).to(DEV)
-    h = pws.log_histogram(x, mantissa_bits=m)
-    counts, under, over, nan = ref_log_histogram(x, m)
-    np.testing.assert_array_equal(full_log_counts(h, ref_log_num_buckets(m)), counts)
-    assert (h.underflow, h.overflow, h.nan_count) == (under, over, nan)
-    assert h == pws.log_histogram(x.cpu(), mantissa_bits=m)
+    if layout == "strided":  # the generic kernel's strided loads
+        x = x[: 2 * (x.numel() // 2)].reshape(-1, 2).t()
+    _assert_log_hist_matches_reference(pws.log_histogram(x, mantissa_bits=m), x, m)
 
 
 def test_log_histogram_window_across_chunks() -> None:
@@ -235,10 +248,7 @@ def test_log_histogram_window_across_chunks() -> None:
     for m in (0, 3):
         res = pws.describe_many([x, only_nan], mantissa_bits=m)
         for t, r in zip([x, only_nan], res, strict=True):
-            counts, under, over, nan = ref_log_histogram(t, m)
-            np.testing.assert_array_equal(full_log_counts(r.hist, ref_log_num_buckets(m)), counts)
-            assert (r.hist.underflow, r.hist.overflow, r.hist.nan_count) == (under, over, nan)
-            assert r.hist == pws.log_histogram(t.cpu(), mantissa_bits=m)
+            _assert_log_hist_matches_reference(r.hist, t, m)
         assert res[1].hist.counts.size == 0
 
 

@@ -772,7 +772,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // ---------------------------------------------------------------- host side
-// Devices whose shared-memory limit and kernel opt-ins are cached (others query every time).
+// Devices whose shared-memory limit is cached (others query it every time).
 constexpr int kCachedDevices = 64;
 
 int device_for_cache() {
@@ -843,17 +843,12 @@ template <int kKind, bool kState, int kHist>
 void launch_kind(const dim3& g, size_t smem, cudaStream_t s, const EntryTable& tab,
                  const Params& p) {
   if (smem > 32 * 1024) {  // opt in above the default 48 KB (static shared memory included)
-    // The opt-in belongs to the kernel on one device. It is set once per device, to the most
-    // any launch asks for (so concurrent callers set the same value); a device reset would need
-    // it set again.
-    static std::atomic<bool> opted[kCachedDevices];
-    const int slot = device_for_cache();
-    if (slot < 0 || !opted[slot].load(std::memory_order_relaxed)) {
-      PWS_CUDA_CHECK(cudaFuncSetAttribute(fused_kernel<kKind, kState, kHist>,
-                                          cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          static_cast<int>(shared_hist_max())));
-      if (slot >= 0) opted[slot].store(true, std::memory_order_relaxed);
-    }
+    // Set at every such launch (about a microsecond; the tracker's m = 3 needs 16 KB and never
+    // gets here), so a device reset elsewhere in the process cannot leave it unset, and to the
+    // most any launch asks for, so concurrent callers set the same value.
+    PWS_CUDA_CHECK(cudaFuncSetAttribute(fused_kernel<kKind, kState, kHist>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        static_cast<int>(shared_hist_max())));
   }
   fused_kernel<kKind, kState, kHist><<<g, kThreads, smem, s>>>(tab, p);
 }
