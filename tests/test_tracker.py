@@ -438,3 +438,35 @@ def test_pending_runs_convert_in_order_by_kind_and_plan(monkeypatch: pytest.Monk
     assert traj["steps"].tolist() == [0, 1, 2, 3, 4]
     assert traj["has_hist"].tolist() == [True, True, True, False, True]
     assert calls == [[1, 2], [3]]
+
+
+def test_column_defers_copies_and_computation() -> None:
+    from pyweightstat.tracker import _Column
+
+    col = _Column(np.float64, (2,))
+    calls = []
+
+    def block() -> np.ndarray:
+        calls.append(1)
+        return np.full((3, 2), 7.0)
+
+    col.extend(np.zeros((1, 2)))
+    col.extend(block, 3)
+    assert col.n == 4 and not calls  # nothing computed or copied yet
+    for i in range(40):  # grows past the initial buffer
+        col.extend(np.full((1, 2), float(i)))
+    np.testing.assert_array_equal(col.values[1:4], 7.0)
+    np.testing.assert_array_equal(col.values[4:, 0], np.arange(40.0))
+    assert calls == [1] and col.n == len(col.values) == 44
+
+    def failing() -> np.ndarray:
+        raise RuntimeError("bad block")
+
+    col.extend(np.ones((1, 2)))
+    col.extend(failing, 1)
+    with pytest.raises(RuntimeError, match="bad block"):
+        col.values
+    with pytest.raises(ValueError, match="number of rows"):
+        col.extend(failing)
+    with pytest.raises(ValueError, match="shape"):
+        col.extend(np.zeros((1, 3)))

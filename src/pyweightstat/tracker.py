@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -98,25 +99,54 @@ def _run_key(payload: Any) -> Any:
 
 
 class _Column:
-    """A growing numpy array along axis 0 (amortised O(1) appends)."""
+    """A growing numpy array along axis 0.
+
+    :meth:`extend` only keeps a reference to the appended block (O(1), no copy: the training
+    loop pays nothing for storage); the first read after appends copies the pending blocks into
+    a buffer that grows geometrically (each value is copied once, amortised).  A block may also
+    be a function that computes it, called on that read.  Appended arrays must not be modified
+    afterwards (the tracker appends arrays it owns).
+    """
 
     def __init__(self, dtype: Any, tail: tuple[int, ...] = ()) -> None:
         self._data = np.empty((16, *tail), dtype=dtype)
-        self.n = 0
+        self._filled = 0  # rows of _data in use
+        self._blocks: list[np.ndarray] = []
+        self.n = 0  # rows in all, pending blocks included
 
-    def extend(self, values: np.ndarray) -> None:
-        need = self.n + len(values)
-        if need > len(self._data):
-            grown = np.empty(
-                (max(need, 2 * len(self._data)), *self._data.shape[1:]), self._data.dtype
-            )
-            grown[: self.n] = self._data[: self.n]
-            self._data = grown
-        self._data[self.n : need] = values
-        self.n = need
+    def extend(self, values: Any, rows: int | None = None) -> None:
+        """Append rows: an array, or a function returning ``rows`` rows (computed on read)."""
+        if callable(values):
+            if rows is None:
+                raise ValueError("a deferred block needs its number of rows")
+            self._blocks.append(values)
+            self.n += rows
+            return
+        values = np.asarray(values, dtype=self._data.dtype)
+        if values.shape[1:] != self._data.shape[1:]:
+            raise ValueError(f"expected rows of shape {self._data.shape[1:]}, got {values.shape}")
+        self._blocks.append(values)
+        self.n += len(values)
 
     @property
     def values(self) -> np.ndarray:
+        if self._blocks:
+            if self.n > len(self._data):
+                grown = np.empty(
+                    (max(self.n, 2 * len(self._data)), *self._data.shape[1:]), self._data.dtype
+                )
+                grown[: self._filled] = self._data[: self._filled]
+                self._data = grown
+            done = 0
+            try:
+                for block in self._blocks:
+                    if callable(block):
+                        block = np.asarray(block(), dtype=self._data.dtype)
+                    self._data[self._filled : self._filled + len(block)] = block
+                    self._filled += len(block)
+                    done += 1
+            finally:  # a failing deferred block stays pending; the copied ones are not kept twice
+                del self._blocks[:done]
         return self._data[: self.n]
 
 
@@ -353,7 +383,9 @@ class WeightTracker:
         from .stats.summary import fields_from_states
 
         f, n, nnz, buckets, counts, flows = _cuda.fetch_many([rec.result for _, rec in run])
-        return fields_from_states(f, n), nnz, buckets, counts, flows
+        # The statistics are computed from the raw states when the store is read, not here in
+        # the training loop.
+        return partial(fields_from_states, f, n), nnz, buckets, counts, flows
 
     @staticmethod
     def _convert_summaries(run: list[tuple[int, Any]]) -> tuple[np.ndarray, ...]:
@@ -396,7 +428,7 @@ class WeightTracker:
         self._flows.extend(np.asarray(flows, np.int64).reshape(len(run), width, len(_FLOW_FIELDS)))
         self._steps.extend(np.array([step for step, _ in run], dtype=np.int64))
         self._has_hist.extend(np.array([_payload_has_hist(p) for _, p in run], dtype=np.bool_))
-        self._stats.extend(rows)
+        self._stats.extend(rows, len(run))
 
     def _record_tensor_columns(self) -> dict[str, np.ndarray]:
         """The ``hist_record`` and ``hist_tensor`` columns of the stored buckets."""
