@@ -452,7 +452,7 @@ def test_column_defers_copies_and_computation() -> None:
 
     col.extend(np.zeros((1, 2)))
     col.extend(block, 3)
-    assert col.n == 4 and not calls  # nothing computed or copied yet
+    assert col.n == 4 and not calls  # the function is called on the first read
     for i in range(40):  # grows past the initial buffer
         col.extend(np.full((1, 2), float(i)))
     np.testing.assert_array_equal(col.values[1:4], 7.0)
@@ -465,7 +465,8 @@ def test_column_defers_copies_and_computation() -> None:
     col.extend(np.ones((1, 2)))
     col.extend(failing, 1)
     with pytest.raises(RuntimeError, match="bad block"):
-        col.values
+        _ = col.values
+    assert col.n == 46 and len(col._data[: col._filled]) == 45  # the ones row kept, once
     with pytest.raises(ValueError, match="number of rows"):
         col.extend(failing)
     with pytest.raises(ValueError, match="shape"):
