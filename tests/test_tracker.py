@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -168,7 +170,9 @@ def test_hist_every(lazy: bool, tmp_path: Path) -> None:
     some.record(hist=False)  # record 7: not on the schedule either way
     full.record()
     some.record(hist=True)  # record 8: forced
-    want = np.array([True, False, False, True, False, False, True, False, True])
+    full.record()
+    some.record(hist=False)  # record 9: on the schedule, skipped
+    want = np.array([True, False, False, True, False, False, True, False, True, False])
     a, b = full.trajectory(), some.trajectory()
     np.testing.assert_array_equal(b["has_hist"], want)
     assert a["has_hist"].all() and b["hist_every"] == 3 and a["hist_every"] == 1
@@ -183,7 +187,7 @@ def test_hist_every(lazy: bool, tmp_path: Path) -> None:
     counts, *_ = ref_log_histogram(snaps[3]["0.weight"], M)
     h = some.histogram("0.weight", 3)
     np.testing.assert_array_equal(_dense(np.asarray(h.counts), h.first), counts)
-    for rec in (1, 7, -2):
+    for rec in (1, 7, 9, -3):
         with pytest.raises(ValueError, match="no histograms"):
             some.histogram("0.weight", rec)
     with pytest.raises(TypeError, match="hist"):
@@ -462,12 +466,126 @@ def test_column_defers_copies_and_computation() -> None:
     def failing() -> np.ndarray:
         raise RuntimeError("bad block")
 
-    col.extend(np.ones((1, 2)))
+    # Blocks pending before a failing one are stored once, whatever happens after it.
+    col.extend(lambda: np.full((1, 2), -1.0), 1)
+    col.extend(np.full((1, 2), -2.0))  # waits behind the pending function
     col.extend(failing, 1)
+    col.extend(np.full((1, 2), -3.0))
     with pytest.raises(RuntimeError, match="bad block"):
         _ = col.values
-    assert col.n == 46 and len(col._data[: col._filled]) == 45  # the ones row kept, once
+    col._pending[0] = (lambda: np.full((1, 2), -4.0), 1)  # the failing block, fixed
+    np.testing.assert_array_equal(col.values[44:, 0], [-1.0, -2.0, -4.0, -3.0])
+    assert col.n == len(col.values) == 48
     with pytest.raises(ValueError, match="number of rows"):
         col.extend(failing)
     with pytest.raises(ValueError, match="shape"):
         col.extend(np.zeros((1, 3)))
+
+
+class _FakeCudaParam:
+    """A CPU tensor that reports a CUDA (or other) device: drives the tracker's plan logic."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self.t, self.device = t, SimpleNamespace(type="cuda")
+
+    def data_ptr(self) -> int:
+        return self.t.data_ptr()
+
+    def detach(self) -> torch.Tensor:
+        return self.t.detach()
+
+
+class _FakeCudaModel(nn.Module):
+    def __init__(self, tensors: list[torch.Tensor]) -> None:
+        super().__init__()
+        self.fake = {f"p{i}": _FakeCudaParam(t) for i, t in enumerate(tensors)}
+
+    def named_parameters(self, *args: Any, **kwargs: Any) -> Iterator[tuple[str, Any]]:
+        return iter(list(self.fake.items()))
+
+
+def test_plan_logic_simulated_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The CUDA plan path with a stand-in Plan (launch = a snapshot) and fetch_many (the CPU
+    # engine on it): two plan kinds (hist_every=2), a storage move, and a trip to the CPU and
+    # back, against a CPU tracker on identical values.
+    from pyweightstat import describe_many
+    from pyweightstat.stats import _cuda
+
+    built: list[Any] = []
+
+    class FakePlan:
+        def __init__(self, tensors: list[Any], mbits: int | None, names: Any = None) -> None:
+            if any(t.device.type != "cuda" for t in tensors):
+                raise ValueError("a Plan needs CUDA tensors")
+            self.mantissa_bits, self.tensors = mbits, [t.t for t in tensors]
+            self.ptrs = [t.data_ptr() for t in tensors]
+            built.append(self)
+
+        def matches(self, tensors: list[Any]) -> bool:
+            return [t.data_ptr() for t in tensors] == self.ptrs
+
+        def launch(self) -> Any:
+            return self, [t.clone() for t in self.tensors]
+
+    def fake_fetch_many(results: list[Any]) -> tuple[np.ndarray, ...]:
+        f, n, nnz, buckets, counts, flows = [], [], [], [], [], []
+        for plan, values in results:
+            summaries, total = describe_many(values, total=True, mantissa_bits=plan.mantissa_bits)
+            for s in [*summaries, total]:
+                sf, sn = s._state()
+                f.append(sf)
+                n.append(sn)
+                h = s.hist
+                c = np.zeros(0, np.int64) if h is None else np.asarray(h.counts)
+                idx = np.flatnonzero(c)
+                nnz.append(len(idx))
+                buckets.append(idx + (0 if h is None else h.first))
+                counts.append(c[idx])
+                flows.append([0, 0, 0] if h is None else [h.underflow, h.overflow, h.nan_count])
+        r = len(results)
+        return (
+            np.array(f).reshape(r, -1, 8),
+            np.array(n).reshape(r, -1, 5),
+            np.array(nnz).reshape(r, -1),
+            np.concatenate(buckets).astype(np.int64),
+            np.concatenate(counts).astype(np.int64),
+            np.array(flows, np.int64).reshape(r, -1, 3),
+        )
+
+    monkeypatch.setattr(_cuda, "Plan", FakePlan)
+    monkeypatch.setattr(_cuda, "fetch_many", fake_fetch_many)
+    gen = torch.Generator().manual_seed(5)
+    tensors = [torch.randn(40, generator=gen), torch.randn(7, generator=gen)]
+    fake = _FakeCudaModel(tensors)
+    plain = nn.Module()
+    for i, t in enumerate(tensors):
+        plain.register_parameter(f"p{i}", nn.Parameter(t.clone()))
+    tg = WeightTracker(fake, mantissa_bits=M, hist_every=2, max_pending=100)
+    tc = WeightTracker(plain, mantissa_bits=M, hist_every=2)
+    for step in range(10):
+        for t, p in zip(tensors, plain.parameters(), strict=True):
+            t.mul_(1.1)
+            p.data.mul_(1.1)
+        if step == 3:  # storage moves: both plans are rebuilt
+            fake.fake["p0"].t = fake.fake["p0"].t.clone()
+            tensors[0] = fake.fake["p0"].t
+        if step in (4, 5):  # to the CPU for one record (general path) and back: new storage
+            for i, p in enumerate(fake.fake.values()):
+                p.device = SimpleNamespace(type="cpu" if step == 4 else "cuda")
+                p.t = tensors[i] = p.t.clone()
+        tg.step()
+        tc.step()
+        if step == 4:  # a host record on the CPU converts everything pending at once
+            assert not tg._pending and not tg._plans
+        else:
+            assert type(tg._pending[-1][1]).__name__ == "_RawRecord", step
+    assert not tg._plan_failed and set(tg._plans) == {True, False}
+    # Records 0, 1: both kinds; 3 (storage moved): moments only; 4 (log due) on the CPU, where
+    # the stale moments plan must not lead to a log plan over CPU tensors; 5, 6: both again.
+    assert [p.mantissa_bits for p in built] == [M, None, None, None, M]
+    a, b = tc.trajectory(), tg.trajectory()
+    for key, value in a.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(value, b[key], err_msg=key)
+        else:
+            assert value == b[key], key

@@ -278,7 +278,10 @@ class WeightTracker:
             raise TypeError(f"hist must be a bool or None, got {type(hist).__name__}")
         with_hist = hist if hist is not None else self.num_records % self.hist_every == 0
         plan = self._plans.get(with_hist)
-        if plan is not None and not plan.matches(self._plan_params):
+        # The plans in _plans were all built over the same storage: checking one checks all
+        # (also before building the other kind over _plan_params).
+        probe = plan if plan is not None else next(iter(self._plans.values()), None)
+        if probe is not None and not probe.matches(self._plan_params):
             self._plans = {}  # storage moved: pending records keep the old plans until copied
             plan = None
         params = None

@@ -298,7 +298,7 @@ def _node_strengths(
 
 def _compact_trajectory(traj: Mapping[str, Any]) -> dict[str, Any]:
     """Keep every statistic of every record, but only the whole network's histograms."""
-    out = {k: v for k, v in traj.items() if not str(k).startswith("hist_")}
+    out = {k: v for k, v in traj.items() if not str(k).startswith("hist_") or k == "hist_every"}
     names = list(traj.get("names", []))
     if "hist_tensor" in traj and names:
         total = len(names) - 1
