@@ -558,6 +558,47 @@ def test_fetch_many_waits_only_for_its_own_work() -> None:
     assert int(n[0, 0, 0]) == pws.describe(x).count
 
 
+def test_summary_read_waits_only_for_its_own_work() -> None:
+    # Reading a describe_many Summary waits on the call's event, not on the whole stream.
+    x = _data(1 << 20, torch.float32)
+    _ = pws.describe_many([x], mantissa_bits=3)[0].hist  # sizes the pinned staging buffer
+    res = pws.describe_many([x, x[:1000]], mantissa_bits=3)
+    torch.cuda._sleep(int(2e9))  # about a second of GPU time queued after the call's work
+    count, hist = res[0].count, res[1].hist
+    still_running = not torch.cuda.current_stream().query()
+    torch.cuda.synchronize()
+    assert still_running, "reading a Summary waited for work queued after its call"
+    assert count == pws.describe(x.cpu()).count
+    assert hist == pws.log_histogram(x[:1000].cpu(), mantissa_bits=3)
+
+
+def test_fetches_of_scattered_windows() -> None:
+    # Windows far apart on the m = 10 grid (one 2-D copy of their span would be ~40 MB): both
+    # fetch paths copy window by window, and every window comes back exact.
+    from pyweightstat.stats import _cuda
+
+    g = torch.Generator(device=DEV).manual_seed(21)
+    scales = [1e-30, -1e-20, 1e-10, 1.0, 3.0, 1e10, -1e20, 1e30]
+    xs = [s * (1 + 0.01 * torch.rand(5000, generator=g, device=DEV)) for s in scales]
+    summaries, total = pws.describe_many(xs, total=True, mantissa_bits=10)
+    cpu = [x.cpu() for x in xs]
+    for x, s in zip(cpu, summaries, strict=True):
+        assert s.hist == pws.log_histogram(x, mantissa_bits=10)
+    assert total.hist == pws.log_histogram(torch.cat(cpu), mantissa_bits=10)
+    plan = _cuda.Plan(xs, 10)
+    _, _, nnz, buckets, counts, _ = _cuda.fetch_many([plan.launch(), plan.launch()])
+    off = 0
+    for r in range(2):
+        for t, s in enumerate([*summaries, total]):
+            dense = np.asarray(s.hist.counts)
+            idx = np.flatnonzero(dense)
+            k = int(nnz[r, t])
+            np.testing.assert_array_equal(buckets[off : off + k], idx + s.hist.first)
+            np.testing.assert_array_equal(counts[off : off + k], dense[idx])
+            off += k
+    assert off == len(buckets)
+
+
 def _field_tolerances(ref: np.ndarray) -> np.ndarray:
     """Per-field absolute tolerances (FIELDS order) for GPU vs CPU engine stats of one tensor."""
     from pyweightstat.stats.summary import FIELDS

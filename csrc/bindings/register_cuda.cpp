@@ -2,8 +2,9 @@
 // declared in csrc/cuda/describe_cuda.h, so this file compiles without nvcc or CUDA headers.
 //
 // describe_cuda() enqueues the work on the caller's stream and returns a CudaResult that owns the
-// device result buffer; nothing is copied to the host until fetch() (one small copy, then the log
-// histogram windows, each followed by a synchronisation of that stream).
+// device result buffer; nothing is copied to the host until fetch(), which waits for that work
+// only (an event) and copies on a private stream through pinned memory: the states and log
+// headers, then the log histogram windows in one 2-D copy.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -25,6 +26,7 @@
 #include "pws/moment_state.h"
 #include "register.h"
 #include "state_rows.h"
+#include "window_rows.h"
 
 namespace py = pybind11;
 
@@ -98,6 +100,64 @@ LogWindow log_window(const int64_t* header, int64_t nb) {
   return {first, header[4] - first};
 }
 
+// WindowRows' copies as device-to-host copies on one stream.
+struct DeviceCopies {
+  void* stream;
+  void rows(void* dst, const void* src, size_t width, size_t pitch, size_t height) const {
+    cu::copy_rows_to_host_async(dst, src, width, pitch, height, stream);
+  }
+  void one(void* dst, const void* src, size_t bytes) const {
+    cu::copy_to_host_async(dst, src, bytes, stream);
+  }
+};
+
+// Grow-only page-locked staging buffer of the fetches and their copy stream per device (one per
+// process; the mutex serialises their users). Pinned memory makes the strided (2-D) copies single
+// DMA transfers.
+class PinnedStaging {
+ public:
+  ~PinnedStaging() {
+    cu::host_free_pinned_noexcept(ptr_);
+    for (const auto& [device, stream] : streams_) {
+      (void)device;
+      cu::stream_destroy_noexcept(stream);
+    }
+  }
+  std::mutex& mutex() { return mutex_; }
+  // The private non-blocking copy stream of the current device `device` (created once). Call
+  // with the mutex held.
+  void* stream(int device) {
+    for (const auto& [d, s] : streams_) {
+      if (d == device) return s;
+    }
+    streams_.emplace_back(device, cu::stream_create_nonblocking());
+    return streams_.back().second;
+  }
+  // At least `bytes` bytes (contents not kept). Call with the mutex held.
+  char* reserve(size_t bytes) {
+    if (bytes > size_) {
+      const size_t want = std::max(bytes, size_ + size_ / 2);  // geometric: few reallocations
+      cu::host_free_pinned_noexcept(ptr_);
+      ptr_ = nullptr;
+      size_ = 0;
+      ptr_ = cu::host_alloc_pinned(want);
+      size_ = want;
+    }
+    return static_cast<char*>(ptr_);
+  }
+
+ private:
+  std::mutex mutex_;
+  void* ptr_ = nullptr;
+  size_t size_ = 0;
+  std::vector<std::pair<int, void*>> streams_;
+};
+
+PinnedStaging& pinned_staging() {
+  static PinnedStaging staging;
+  return staging;
+}
+
 class CudaResult {
  public:
   CudaResult(int device, void* stream, cu::Request req, cu::Layout layout)
@@ -143,10 +203,14 @@ class CudaResult {
           {static_cast<py::ssize_t>(layout_.tensors), static_cast<py::ssize_t>(req_.bins + 1)});
       {
         py::gil_scoped_release release;
+        PinnedStaging& pin = pinned_staging();
+        std::lock_guard<std::mutex> lock(pin.mutex());
         cu::DeviceGuard guard(device_);
+        wait_enqueued();
+        void* side = pin.stream(device_);
         cu::copy_to_host_async(e.mutable_data(), base() + layout_.off_edges,
-                               static_cast<size_t>(e.size()) * sizeof(double), stream_);
-        cu::stream_synchronize(stream_);
+                               static_cast<size_t>(e.size()) * sizeof(double), side);
+        cu::stream_synchronize(side);
       }
       edges = e;
     }
@@ -181,10 +245,14 @@ class CudaResult {
  private:
   char* base() const { return static_cast<char*>(buf_.get()); }
 
-  // States and histograms of slots [t0, t0 + count).
+  // States and histograms of slots [t0, t0 + count). Waits for this result's own work only (its
+  // event; later work on the stream keeps running), then copies on the private copy stream: the
+  // states and log headers in one round, the log windows of all slots in one 2-D copy of the
+  // columns they span, both through the pinned staging buffer (as fetch_many does).
   py::tuple fetch_rows(int64_t t0, int64_t count, bool with_hist) {
     const size_t n = static_cast<size_t>(count);
     const size_t rec = static_cast<size_t>(layout_.record);
+    const size_t hdr = static_cast<size_t>(cu::kHistHeader);
     std::vector<MomentState> st(n);
     std::vector<int64_t> heads;  // log: the record headers
     py::array_t<int64_t> uni;    // uniform: whole records
@@ -192,20 +260,26 @@ class CudaResult {
     const bool log = with_hist && req_.hist_kind == cu::kHistLog;
     if (uniform)
       uni = py::array_t<int64_t>({static_cast<py::ssize_t>(n), static_cast<py::ssize_t>(rec)});
-    if (log) heads.resize(n * cu::kHistHeader);
+    if (log) heads.resize(n * hdr);
     int64_t* uni_ptr = uniform ? uni.mutable_data() : nullptr;
     const char* hist = base() + layout_.off_hist + static_cast<size_t>(t0) * rec * 8;
+    const size_t st_bytes = n * sizeof(MomentState), head_bytes = heads.size() * 8;
+    PinnedStaging& pin = pinned_staging();
     {
       py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(pin.mutex());
       cu::DeviceGuard guard(device_);
+      wait_enqueued();
+      void* side = pin.stream(device_);
+      char* stage = pin.reserve(st_bytes + head_bytes);
       cu::copy_to_host_async(
-          st.data(), base() + layout_.off_states + static_cast<size_t>(t0) * sizeof(MomentState),
-          n * sizeof(MomentState), stream_);
-      if (uniform) cu::copy_to_host_async(uni_ptr, hist, n * rec * 8, stream_);
-      if (log) {
-        cu::copy_rows_to_host_async(heads.data(), hist, cu::kHistHeader * 8, rec * 8, n, stream_);
-      }
-      cu::stream_synchronize(stream_);
+          stage, base() + layout_.off_states + static_cast<size_t>(t0) * sizeof(MomentState),
+          st_bytes, side);
+      if (log) cu::copy_rows_to_host_async(stage + st_bytes, hist, hdr * 8, rec * 8, n, side);
+      if (uniform) cu::copy_to_host_async(uni_ptr, hist, n * rec * 8, side);
+      cu::stream_synchronize(side);
+      std::memcpy(st.data(), stage, st_bytes);
+      if (log) std::memcpy(heads.data(), stage + st_bytes, head_bytes);
     }
     py::tuple fn = state_rows(st);
     py::object hists = py::none();
@@ -225,28 +299,32 @@ class CudaResult {
       std::vector<py::array_t<int64_t>> windows(n);
       std::vector<int64_t> first(n, 0);
       std::vector<int64_t*> dst(n, nullptr);
-      std::vector<size_t> len(n, 0);
+      std::vector<int64_t> len(n, 0);
       for (size_t i = 0; i < n; ++i) {
-        const LogWindow w = log_window(heads.data() + i * cu::kHistHeader, layout_.nb);
+        const LogWindow w = log_window(heads.data() + i * hdr, layout_.nb);
         first[i] = w.first;
-        len[i] = static_cast<size_t>(w.len);
+        len[i] = w.len;
         windows[i] = py::array_t<int64_t>(static_cast<py::ssize_t>(len[i]));
         dst[i] = windows[i].mutable_data();
       }
-      {
+      const WindowRows rows(first.data(), len.data(), n);
+      if (rows.values() > 0) {
         py::gil_scoped_release release;
+        std::lock_guard<std::mutex> lock(pin.mutex());
         cu::DeviceGuard guard(device_);
+        void* side = pin.stream(device_);
+        int64_t* stage = reinterpret_cast<int64_t*>(pin.reserve(rows.values() * 8));
+        rows.enqueue(stage, hist, rec, hdr, DeviceCopies{side});
+        cu::stream_synchronize(side);
         for (size_t i = 0; i < n; ++i) {
-          if (len[i] == 0) continue;
-          cu::copy_to_host_async(
-              dst[i], hist + (i * rec + cu::kHistHeader + static_cast<size_t>(first[i])) * 8,
-              len[i] * 8, stream_);
+          if (len[i] > 0) {
+            std::memcpy(dst[i], rows.row(stage, i), static_cast<size_t>(len[i]) * 8);
+          }
         }
-        cu::stream_synchronize(stream_);
       }
       py::list out;
       for (size_t i = 0; i < n; ++i) {
-        const int64_t* h = heads.data() + i * cu::kHistHeader;
+        const int64_t* h = heads.data() + i * hdr;
         out.append(py::make_tuple(first[i], windows[i], h[0], h[1], h[2]));
       }
       hists = out;
@@ -414,53 +492,6 @@ class CudaPlan {
   cu::Layout layout_;
 };
 
-// Grow-only page-locked staging buffer of fetch_many and its copy stream per device (one per
-// process; the mutex serialises their users). Pinned memory makes the strided (2-D) copies single
-// DMA transfers.
-class PinnedStaging {
- public:
-  ~PinnedStaging() {
-    cu::host_free_pinned_noexcept(ptr_);
-    for (const auto& [device, stream] : streams_) {
-      (void)device;
-      cu::stream_destroy_noexcept(stream);
-    }
-  }
-  std::mutex& mutex() { return mutex_; }
-  // The private non-blocking copy stream of the current device `device` (created once). Call
-  // with the mutex held.
-  void* stream(int device) {
-    for (const auto& [d, s] : streams_) {
-      if (d == device) return s;
-    }
-    streams_.emplace_back(device, cu::stream_create_nonblocking());
-    return streams_.back().second;
-  }
-  // At least `bytes` bytes (contents not kept). Call with the mutex held.
-  char* reserve(size_t bytes) {
-    if (bytes > size_) {
-      const size_t want = std::max(bytes, size_ + size_ / 2);  // geometric: few reallocations
-      cu::host_free_pinned_noexcept(ptr_);
-      ptr_ = nullptr;
-      size_ = 0;
-      ptr_ = cu::host_alloc_pinned(want);
-      size_ = want;
-    }
-    return static_cast<char*>(ptr_);
-  }
-
- private:
-  std::mutex mutex_;
-  void* ptr_ = nullptr;
-  size_t size_ = 0;
-  std::vector<std::pair<int, void*>> streams_;
-};
-
-PinnedStaging& pinned_staging() {
-  static PinnedStaging staging;
-  return staging;
-}
-
 // States and log-histogram windows of many results (all with the same tensor count and request,
 // totals launched), fetched together: one wait per result on its own event (later work on the
 // stream keeps running), then two rounds of copies into pinned memory on a private stream (an
@@ -496,8 +527,8 @@ py::tuple fetch_many(const py::list& handles) {
   std::vector<MomentState> st(r * p1);
   std::vector<int64_t> heads(log ? r * p1 * hdr : 0);
   std::vector<int64_t> first(r * p1, 0), len(r * p1, 0);
-  std::vector<int64_t> lo_col(r, 0), width(r, 0);
-  std::vector<size_t> row_off(r, 0);  // int64 offset of result i's rows in the window round
+  std::vector<WindowRows> wins;       // per result: how its windows are copied
+  std::vector<size_t> row_off(r, 0);  // int64 offset of result i's windows in the staging
   size_t window_values = 0;
   int64_t packed = 0;
   PinnedStaging& pin = pinned_staging();
@@ -523,30 +554,25 @@ py::tuple fetch_many(const py::list& handles) {
       cu::stream_synchronize(side);
       std::memcpy(st.data(), stage, st_bytes);
       if (log) std::memcpy(heads.data(), stage + st_bytes, head_bytes);
+      wins.reserve(log ? r : 0);
       for (size_t i = 0; log && i < r; ++i) {
-        int64_t lo = L.nb, hi = -1;
         for (size_t t = 0; t < p1; ++t) {
           const LogWindow w = log_window(heads.data() + (i * p1 + t) * hdr, L.nb);
-          if (w.len == 0) continue;
           first[i * p1 + t] = w.first;
           len[i * p1 + t] = w.len;
           packed += w.len;
-          lo = std::min(lo, w.first);
-          hi = std::max(hi, w.first + w.len - 1);
         }
-        lo_col[i] = hi >= 0 ? lo : 0;
-        width[i] = hi >= 0 ? hi - lo + 1 : 0;
+        wins.emplace_back(first.data() + i * p1, len.data() + i * p1, p1);
         row_off[i] = window_values;
-        window_values += p1 * static_cast<size_t>(width[i]);
+        window_values += wins[i].values();
       }
       if (window_values > 0) {
-        stage = pin.reserve(window_values * 8);
+        int64_t* st64 = reinterpret_cast<int64_t*>(pin.reserve(window_values * 8));
         for (size_t i = 0; i < r; ++i) {
-          if (width[i] == 0) continue;
-          const char* src = rs[i]->data() + L.off_hist + (hdr + static_cast<size_t>(lo_col[i])) * 8;
-          cu::copy_rows_to_host_async(stage + row_off[i] * 8, src,
-                                      static_cast<size_t>(width[i]) * 8, rec * 8, p1, side);
+          wins[i].enqueue(st64 + row_off[i], rs[i]->data() + L.off_hist, rec, hdr,
+                          DeviceCopies{side});
         }
+        stage = reinterpret_cast<char*>(st64);
         cu::stream_synchronize(side);
       }
     }
@@ -568,8 +594,7 @@ py::tuple fetch_many(const py::list& handles) {
       for (size_t j = 0; j < 3; ++j) fl[k * 3 + j] = log ? heads[k * hdr + j] : 0;
       const size_t before = counts.size();
       if (len[k] > 0) {
-        const int64_t* row =
-            windows + row_off[i] + t * static_cast<size_t>(width[i]) + (first[k] - lo_col[i]);
+        const int64_t* row = wins[i].row(windows + row_off[i], t);
         for (int64_t j = 0; j < len[k]; ++j) {
           if (row[j] != 0) {
             buckets.push_back(first[k] + j);
