@@ -4,7 +4,7 @@
 // describe_cuda() enqueues the work on the caller's stream and returns a CudaResult that owns the
 // device result buffer; nothing is copied to the host until fetch(), which waits for that work
 // only (an event) and copies on a private stream through pinned memory: the states and log
-// headers, then the log histogram windows in one 2-D copy.
+// headers, then the log histogram windows (WindowRows: one 2-D copy, or one per window).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -111,6 +112,23 @@ struct DeviceCopies {
   }
 };
 
+// Synchronises a copy stream when a fetch leaves its locked region by an exception, so no copy
+// into the shared staging buffer is still in flight for the next user (possibly on another
+// device's stream) or for a reallocation of that buffer.
+class SyncOnUnwind {
+ public:
+  explicit SyncOnUnwind(void* stream) : stream_(stream), exceptions_(std::uncaught_exceptions()) {}
+  ~SyncOnUnwind() {
+    if (std::uncaught_exceptions() > exceptions_) cu::stream_synchronize_noexcept(stream_);
+  }
+  SyncOnUnwind(const SyncOnUnwind&) = delete;
+  SyncOnUnwind& operator=(const SyncOnUnwind&) = delete;
+
+ private:
+  void* stream_;
+  int exceptions_;
+};
+
 // Grow-only page-locked staging buffer of the fetches and their copy stream per device (one per
 // process; the mutex serialises their users). Pinned memory makes the strided (2-D) copies single
 // DMA transfers.
@@ -171,12 +189,15 @@ class CudaResult {
   // Record (again) the event that marks the end of the work enqueued so far. Device set.
   void mark_enqueued() {
     if (event_ == nullptr) event_ = cu::event_create();
+    // An event recorded while the stream is captured into a CUDA graph may not be waited on
+    // (and says nothing about a replay): such results wait for their whole stream instead.
+    captured_ = captured_ || cu::stream_is_capturing(stream_);
     cu::event_record(event_, stream_);
   }
 
   // Wait for the enqueued work of this result only (not for later work on its stream).
   void wait_enqueued() {
-    if (event_ != nullptr) {
+    if (event_ != nullptr && !captured_) {
       cu::event_synchronize(event_);
     } else {
       cu::stream_synchronize(stream_);
@@ -204,10 +225,11 @@ class CudaResult {
       {
         py::gil_scoped_release release;
         PinnedStaging& pin = pinned_staging();
-        std::lock_guard<std::mutex> lock(pin.mutex());
         cu::DeviceGuard guard(device_);
-        wait_enqueued();
+        wait_enqueued();  // before the lock: other fetches never wait for this result's work
+        std::lock_guard<std::mutex> lock(pin.mutex());
         void* side = pin.stream(device_);
+        SyncOnUnwind unwind(side);
         cu::copy_to_host_async(e.mutable_data(), base() + layout_.off_edges,
                                static_cast<size_t>(e.size()) * sizeof(double), side);
         cu::stream_synchronize(side);
@@ -246,9 +268,9 @@ class CudaResult {
   char* base() const { return static_cast<char*>(buf_.get()); }
 
   // States and histograms of slots [t0, t0 + count). Waits for this result's own work only (its
-  // event; later work on the stream keeps running), then copies on the private copy stream: the
-  // states and log headers in one round, the log windows of all slots in one 2-D copy of the
-  // columns they span, both through the pinned staging buffer (as fetch_many does).
+  // event; later work on the stream keeps running; the whole stream for work captured into a CUDA
+  // graph), then copies on the private copy stream: the states and log headers in one round, the
+  // log windows of all slots (WindowRows) in a second, both through the pinned staging buffer.
   py::tuple fetch_rows(int64_t t0, int64_t count, bool with_hist) {
     const size_t n = static_cast<size_t>(count);
     const size_t rec = static_cast<size_t>(layout_.record);
@@ -267,10 +289,11 @@ class CudaResult {
     PinnedStaging& pin = pinned_staging();
     {
       py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(pin.mutex());
       cu::DeviceGuard guard(device_);
-      wait_enqueued();
+      wait_enqueued();  // before the lock: other fetches never wait for this result's work
+      std::lock_guard<std::mutex> lock(pin.mutex());
       void* side = pin.stream(device_);
+      SyncOnUnwind unwind(side);
       char* stage = pin.reserve(st_bytes + head_bytes);
       cu::copy_to_host_async(
           stage, base() + layout_.off_states + static_cast<size_t>(t0) * sizeof(MomentState),
@@ -310,9 +333,10 @@ class CudaResult {
       const WindowRows rows(first.data(), len.data(), n);
       if (rows.values() > 0) {
         py::gil_scoped_release release;
-        std::lock_guard<std::mutex> lock(pin.mutex());
         cu::DeviceGuard guard(device_);
+        std::lock_guard<std::mutex> lock(pin.mutex());
         void* side = pin.stream(device_);
+        SyncOnUnwind unwind(side);
         int64_t* stage = reinterpret_cast<int64_t*>(pin.reserve(rows.values() * 8));
         rows.enqueue(stage, hist, rec, hdr, DeviceCopies{side});
         cu::stream_synchronize(side);
@@ -333,6 +357,7 @@ class CudaResult {
   }
 
   int device_;
+  bool captured_ = false;  // work enqueued during a graph capture: wait for the stream
   void* stream_;
   cu::Request req_;
   cu::Layout layout_;
@@ -495,7 +520,7 @@ class CudaPlan {
 // States and log-histogram windows of many results (all with the same tensor count and request,
 // totals launched), fetched together: one wait per result on its own event (later work on the
 // stream keeps running), then two rounds of copies into pinned memory on a private stream (an
-// exception leaves nothing behind: the stream is synchronised by the next call).
+// exception leaves nothing behind: SyncOnUnwind synchronises the copy stream).
 // Returns (f (R, P + 1, 8), n (R, P + 1, 5), nnz (R, P + 1), buckets, counts, flows (R, P + 1, 3)):
 // the non-empty log buckets (global bucket index, count) of every histogram in (result, slot,
 // bucket) order, nnz[i, t] of them for slot t of result i; slot P is the total.
@@ -531,81 +556,80 @@ py::tuple fetch_many(const py::list& handles) {
   std::vector<size_t> row_off(r, 0);  // int64 offset of result i's windows in the staging
   size_t window_values = 0;
   int64_t packed = 0;
-  PinnedStaging& pin = pinned_staging();
-  std::unique_ptr<std::lock_guard<std::mutex>> lock;
-  char* stage = nullptr;
-  {
-    py::gil_scoped_release release;
-    lock = std::make_unique<std::lock_guard<std::mutex>>(pin.mutex());
-    cu::DeviceGuard guard(rs[0]->device());
-    for (CudaResult* c : rs) c->wait_enqueued();
-    void* side = pin.stream(rs[0]->device());
-    {
-      stage = pin.reserve(std::max<size_t>(st_bytes + head_bytes, 1));
-      for (size_t i = 0; i < r; ++i) {
-        const char* b = rs[i]->data();
-        cu::copy_to_host_async(stage + i * p1 * sizeof(MomentState), b + L.off_states,
-                               p1 * sizeof(MomentState), side);
-        if (log) {
-          cu::copy_rows_to_host_async(stage + st_bytes + i * p1 * hdr * 8, b + L.off_hist, hdr * 8,
-                                      rec * 8, p1, side);
-        }
-      }
-      cu::stream_synchronize(side);
-      std::memcpy(st.data(), stage, st_bytes);
-      if (log) std::memcpy(heads.data(), stage + st_bytes, head_bytes);
-      wins.reserve(log ? r : 0);
-      for (size_t i = 0; log && i < r; ++i) {
-        for (size_t t = 0; t < p1; ++t) {
-          const LogWindow w = log_window(heads.data() + (i * p1 + t) * hdr, L.nb);
-          first[i * p1 + t] = w.first;
-          len[i * p1 + t] = w.len;
-          packed += w.len;
-        }
-        wins.emplace_back(first.data() + i * p1, len.data() + i * p1, p1);
-        row_off[i] = window_values;
-        window_values += wins[i].values();
-      }
-      if (window_values > 0) {
-        int64_t* st64 = reinterpret_cast<int64_t*>(pin.reserve(window_values * 8));
-        for (size_t i = 0; i < r; ++i) {
-          wins[i].enqueue(st64 + row_off[i], rs[i]->data() + L.off_hist, rec, hdr,
-                          DeviceCopies{side});
-        }
-        stage = reinterpret_cast<char*>(st64);
-        cu::stream_synchronize(side);
-      }
-    }
-  }
+  // Fixed-shape outputs first: the locked region below never takes the GIL back.
   const py::ssize_t R = static_cast<py::ssize_t>(r), P1 = static_cast<py::ssize_t>(p1);
   py::array_t<double> f({R, P1, py::ssize_t(8)});
   py::array_t<int64_t> n({R, P1, py::ssize_t(5)});
   py::array_t<int64_t> nnz({R, P1}), flows({R, P1, py::ssize_t(3)});
-  std::vector<int64_t> buckets, counts;
-  buckets.reserve(static_cast<size_t>(packed));
-  counts.reserve(static_cast<size_t>(packed));
+  double* fp = f.mutable_data();
+  int64_t* np_ = n.mutable_data();
   int64_t* fl = flows.mutable_data();
   int64_t* nz = nnz.mutable_data();
-  const int64_t* windows = reinterpret_cast<const int64_t*>(stage);
-  for (size_t i = 0; i < r; ++i) {
-    for (size_t t = 0; t < p1; ++t) {
-      const size_t k = i * p1 + t;
-      state_to_row(st[k], f.mutable_data() + k * 8, n.mutable_data() + k * 5);
-      for (size_t j = 0; j < 3; ++j) fl[k * 3 + j] = log ? heads[k * hdr + j] : 0;
-      const size_t before = counts.size();
-      if (len[k] > 0) {
-        const int64_t* row = wins[i].row(windows + row_off[i], t);
-        for (int64_t j = 0; j < len[k]; ++j) {
-          if (row[j] != 0) {
-            buckets.push_back(first[k] + j);
-            counts.push_back(row[j]);
+  std::vector<int64_t> buckets, counts;
+  PinnedStaging& pin = pinned_staging();
+  {
+    py::gil_scoped_release release;
+    cu::DeviceGuard guard(rs[0]->device());
+    for (CudaResult* c : rs) c->wait_enqueued();  // before the lock (see CudaResult::fetch_rows)
+    std::lock_guard<std::mutex> lock(pin.mutex());
+    void* side = pin.stream(rs[0]->device());
+    SyncOnUnwind unwind(side);
+    char* stage = pin.reserve(std::max<size_t>(st_bytes + head_bytes, 1));
+    for (size_t i = 0; i < r; ++i) {
+      const char* b = rs[i]->data();
+      cu::copy_to_host_async(stage + i * p1 * sizeof(MomentState), b + L.off_states,
+                             p1 * sizeof(MomentState), side);
+      if (log) {
+        cu::copy_rows_to_host_async(stage + st_bytes + i * p1 * hdr * 8, b + L.off_hist, hdr * 8,
+                                    rec * 8, p1, side);
+      }
+    }
+    cu::stream_synchronize(side);
+    std::memcpy(st.data(), stage, st_bytes);
+    if (log) std::memcpy(heads.data(), stage + st_bytes, head_bytes);
+    wins.reserve(log ? r : 0);
+    for (size_t i = 0; log && i < r; ++i) {
+      for (size_t t = 0; t < p1; ++t) {
+        const LogWindow w = log_window(heads.data() + (i * p1 + t) * hdr, L.nb);
+        first[i * p1 + t] = w.first;
+        len[i * p1 + t] = w.len;
+        packed += w.len;
+      }
+      wins.emplace_back(first.data() + i * p1, len.data() + i * p1, p1);
+      row_off[i] = window_values;
+      window_values += wins[i].values();
+    }
+    const int64_t* windows = nullptr;
+    if (window_values > 0) {
+      int64_t* st64 = reinterpret_cast<int64_t*>(pin.reserve(window_values * 8));
+      for (size_t i = 0; i < r; ++i) {
+        wins[i].enqueue(st64 + row_off[i], rs[i]->data() + L.off_hist, rec, hdr,
+                        DeviceCopies{side});
+      }
+      cu::stream_synchronize(side);
+      windows = st64;
+    }
+    buckets.reserve(static_cast<size_t>(packed));
+    counts.reserve(static_cast<size_t>(packed));
+    for (size_t i = 0; i < r; ++i) {
+      for (size_t t = 0; t < p1; ++t) {
+        const size_t k = i * p1 + t;
+        state_to_row(st[k], fp + k * 8, np_ + k * 5);
+        for (size_t j = 0; j < 3; ++j) fl[k * 3 + j] = log ? heads[k * hdr + j] : 0;
+        const size_t before = counts.size();
+        if (len[k] > 0) {
+          const int64_t* row = wins[i].row(windows + row_off[i], t);
+          for (int64_t j = 0; j < len[k]; ++j) {
+            if (row[j] != 0) {
+              buckets.push_back(first[k] + j);
+              counts.push_back(row[j]);
+            }
           }
         }
+        nz[k] = static_cast<int64_t>(counts.size() - before);
       }
-      nz[k] = static_cast<int64_t>(counts.size() - before);
     }
   }
-  lock.reset();
   py::array_t<int64_t> b_a(static_cast<py::ssize_t>(buckets.size()));
   py::array_t<int64_t> c_a(static_cast<py::ssize_t>(counts.size()));
   if (!buckets.empty()) {
@@ -639,7 +663,7 @@ void register_cuda(py::module_& m) {
   py::class_<CudaResult>(m, "CudaResult",
                          "Device-resident results of one describe_cuda call (private).")
       .def("fetch", &CudaResult::fetch,
-           "Copy every tensor's state and histogram to the host (synchronises the stream).")
+           "Copy every tensor's state and histogram to the host (waits for this call's work only).")
       .def("launch_total", &CudaResult::launch_total, py::arg("with_hist"),
            "Enqueue the merge of all tensors into the total slot (no synchronisation).")
       .def("fetch_total", &CudaResult::fetch_total, "Copy the total to the host.")

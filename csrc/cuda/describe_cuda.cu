@@ -1073,6 +1073,18 @@ void stream_synchronize(void* stream) {
   PWS_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)));
 }
 
+void stream_synchronize_noexcept(void* stream) noexcept {
+  if (cudaStreamSynchronize(static_cast<cudaStream_t>(stream)) != cudaSuccess) {
+    (void)cudaGetLastError();
+  }
+}
+
+bool stream_is_capturing(void* stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  PWS_CUDA_CHECK(cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
 void* event_create() {
   cudaEvent_t e = nullptr;
   PWS_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));

@@ -4,7 +4,8 @@ One call of :func:`run` exports every input through DLPack on the caller's curre
 PyTorch current stream of the inputs' device for ``torch.Tensor`` inputs, the legacy default
 stream for other DLPack producers), enqueues the kernels on that stream and returns at once: no
 host synchronisation. All Summaries of one call share one small device result buffer; reading any
-value of any of them copies the whole buffer to the host once (and synchronises that stream).
+value of any of them copies the whole buffer to the host once (waiting for that call's work
+only, not for work queued after it on the stream).
 
 The result buffer of ``torch`` inputs comes from PyTorch's caching allocator (a ``torch.uint8``
 tensor), so the call works inside ``torch.cuda.graph`` capture and follows PyTorch's stream-ordered
