@@ -15,6 +15,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
@@ -151,9 +152,32 @@ class PinnedStaging {
     streams_.emplace_back(device, cu::stream_create_nonblocking());
     return streams_.back().second;
   }
-  // At least `bytes` bytes (contents not kept). Call with the mutex held.
+  // Make the buffer at least `bytes` bytes. Pinned allocation and free may wait for the device,
+  // so both happen outside the mutex (a user holds the buffer only under the mutex and has
+  // finished its copies before releasing it, so the old buffer is free once swapped out). Call
+  // without the mutex held.
+  void grow(size_t bytes) {
+    size_t want = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (bytes <= size_) return;
+      want = std::max(bytes, size_ + size_ / 2);  // geometric: few reallocations
+    }
+    void* fresh = cu::host_alloc_pinned(want);
+    void* old = fresh;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (want > size_) {
+        old = ptr_;
+        ptr_ = fresh;
+        size_ = want;
+      }
+    }
+    cu::host_free_pinned_noexcept(old);
+  }
+  // At least `bytes` bytes (contents not kept). Call with the mutex held, after grow(bytes).
   char* reserve(size_t bytes) {
-    if (bytes > size_) {
+    if (bytes > size_) {  // not grown first: reallocate here (waits under the mutex)
       const size_t want = std::max(bytes, size_ + size_ / 2);  // geometric: few reallocations
       cu::host_free_pinned_noexcept(ptr_);
       ptr_ = nullptr;
@@ -190,14 +214,23 @@ class CudaResult {
   void mark_enqueued() {
     if (event_ == nullptr) event_ = cu::event_create();
     // An event recorded while the stream is captured into a CUDA graph may not be waited on
-    // (and says nothing about a replay): such results wait for their whole stream instead.
+    // (and says nothing about a replay): such results wait for the device instead.
     captured_ = captured_ || cu::stream_is_capturing(stream_);
     cu::event_record(event_, stream_);
   }
 
   // Wait for the enqueued work of this result only (not for later work on its stream).
   void wait_enqueued() {
-    if (event_ != nullptr && !captured_) {
+    if (captured_) {
+      // Filled by replays of a CUDA graph, which run on whatever stream replays them: wait for
+      // the whole device (a read sees the replays queued before it). Never during the capture.
+      if (cu::stream_is_capturing(stream_)) {
+        throw std::runtime_error(
+            "pyweightstat: results of work captured into a CUDA graph can be read only after "
+            "the capture ends (and a replay)");
+      }
+      cu::device_synchronize();
+    } else if (event_ != nullptr) {
       cu::event_synchronize(event_);
     } else {
       cu::stream_synchronize(stream_);
@@ -222,6 +255,8 @@ class CudaResult {
     if (req_.hist_kind == cu::kHistUniform && req_.edge_mode == cu::kEdgesData) {
       py::array_t<double> e(
           {static_cast<py::ssize_t>(layout_.tensors), static_cast<py::ssize_t>(req_.bins + 1)});
+      double* ep = e.mutable_data();
+      const size_t bytes = static_cast<size_t>(e.size()) * sizeof(double);
       {
         py::gil_scoped_release release;
         PinnedStaging& pin = pinned_staging();
@@ -230,8 +265,7 @@ class CudaResult {
         std::lock_guard<std::mutex> lock(pin.mutex());
         void* side = pin.stream(device_);
         SyncOnUnwind unwind(side);
-        cu::copy_to_host_async(e.mutable_data(), base() + layout_.off_edges,
-                               static_cast<size_t>(e.size()) * sizeof(double), side);
+        cu::copy_to_host_async(ep, base() + layout_.off_edges, bytes, side);
         cu::stream_synchronize(side);
       }
       edges = e;
@@ -291,6 +325,7 @@ class CudaResult {
       py::gil_scoped_release release;
       cu::DeviceGuard guard(device_);
       wait_enqueued();  // before the lock: other fetches never wait for this result's work
+      pin.grow(st_bytes + head_bytes);
       std::lock_guard<std::mutex> lock(pin.mutex());
       void* side = pin.stream(device_);
       SyncOnUnwind unwind(side);
@@ -334,6 +369,7 @@ class CudaResult {
       if (rows.values() > 0) {
         py::gil_scoped_release release;
         cu::DeviceGuard guard(device_);
+        pin.grow(rows.values() * 8);
         std::lock_guard<std::mutex> lock(pin.mutex());
         void* side = pin.stream(device_);
         SyncOnUnwind unwind(side);
@@ -357,7 +393,7 @@ class CudaResult {
   }
 
   int device_;
-  bool captured_ = false;  // work enqueued during a graph capture: wait for the stream
+  bool captured_ = false;  // work enqueued during a graph capture: wait for the device
   void* stream_;
   cu::Request req_;
   cu::Layout layout_;
@@ -571,22 +607,26 @@ py::tuple fetch_many(const py::list& handles) {
     py::gil_scoped_release release;
     cu::DeviceGuard guard(rs[0]->device());
     for (CudaResult* c : rs) c->wait_enqueued();  // before the lock (see CudaResult::fetch_rows)
-    std::lock_guard<std::mutex> lock(pin.mutex());
-    void* side = pin.stream(rs[0]->device());
-    SyncOnUnwind unwind(side);
-    char* stage = pin.reserve(std::max<size_t>(st_bytes + head_bytes, 1));
-    for (size_t i = 0; i < r; ++i) {
-      const char* b = rs[i]->data();
-      cu::copy_to_host_async(stage + i * p1 * sizeof(MomentState), b + L.off_states,
-                             p1 * sizeof(MomentState), side);
-      if (log) {
-        cu::copy_rows_to_host_async(stage + st_bytes + i * p1 * hdr * 8, b + L.off_hist, hdr * 8,
-                                    rec * 8, p1, side);
+    const int device = rs[0]->device();
+    pin.grow(std::max<size_t>(st_bytes + head_bytes, 1));
+    {  // round 1: states and log headers
+      std::lock_guard<std::mutex> lock(pin.mutex());
+      void* side = pin.stream(device);
+      SyncOnUnwind unwind(side);
+      char* stage = pin.reserve(std::max<size_t>(st_bytes + head_bytes, 1));
+      for (size_t i = 0; i < r; ++i) {
+        const char* b = rs[i]->data();
+        cu::copy_to_host_async(stage + i * p1 * sizeof(MomentState), b + L.off_states,
+                               p1 * sizeof(MomentState), side);
+        if (log) {
+          cu::copy_rows_to_host_async(stage + st_bytes + i * p1 * hdr * 8, b + L.off_hist, hdr * 8,
+                                      rec * 8, p1, side);
+        }
       }
+      cu::stream_synchronize(side);
+      std::memcpy(st.data(), stage, st_bytes);
+      if (log) std::memcpy(heads.data(), stage + st_bytes, head_bytes);
     }
-    cu::stream_synchronize(side);
-    std::memcpy(st.data(), stage, st_bytes);
-    if (log) std::memcpy(heads.data(), stage + st_bytes, head_bytes);
     wins.reserve(log ? r : 0);
     for (size_t i = 0; log && i < r; ++i) {
       for (size_t t = 0; t < p1; ++t) {
@@ -599,6 +639,11 @@ py::tuple fetch_many(const py::list& handles) {
       row_off[i] = window_values;
       window_values += wins[i].values();
     }
+    if (window_values > 0) pin.grow(window_values * 8);
+    // round 2: the log windows, read from the staging while the lock is held
+    std::lock_guard<std::mutex> lock(pin.mutex());
+    void* side = pin.stream(device);
+    SyncOnUnwind unwind(side);
     const int64_t* windows = nullptr;
     if (window_values > 0) {
       int64_t* st64 = reinterpret_cast<int64_t*>(pin.reserve(window_values * 8));

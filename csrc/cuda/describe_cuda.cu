@@ -1079,6 +1079,8 @@ void stream_synchronize_noexcept(void* stream) noexcept {
   }
 }
 
+void device_synchronize() { PWS_CUDA_CHECK(cudaDeviceSynchronize()); }
+
 bool stream_is_capturing(void* stream) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
   PWS_CUDA_CHECK(cudaStreamIsCapturing(static_cast<cudaStream_t>(stream), &status));

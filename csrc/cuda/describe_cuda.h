@@ -95,6 +95,7 @@ void copy_rows_to_host_async(void* dst, const void* src, size_t width, size_t sr
                              size_t height, void* stream);
 void stream_synchronize(void* stream);
 void stream_synchronize_noexcept(void* stream) noexcept;
+void device_synchronize();
 // Whether work enqueued on `stream` now is being captured into a CUDA graph (not executed).
 bool stream_is_capturing(void* stream);
 // Events (timing disabled) and a private non-blocking stream, for fetching results without
