@@ -440,6 +440,25 @@ def test_cuda_graph_capture_and_replay() -> None:
     assert total.hist == api.merge_all(res).hist
 
 
+def test_reading_results_during_capture_raises() -> None:
+    # A read inside the capture would sync a capturing stream (invalidating the user's graph):
+    # it raises a clear error instead, and the capture itself still ends cleanly.
+    xs = [_data(n, torch.float32, seed=n) for n in (3000, 70_000)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture (loads the kernels)
+        _ = pws.describe_many(xs, mantissa_bits=3)[0].count
+    torch.cuda.current_stream().wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="after the capture ends"):
+        with torch.cuda.graph(g):
+            res = pws.describe_many(xs, mantissa_bits=3)
+            _ = res[0].count
+    g.replay()
+    torch.cuda.synchronize()
+    assert res[1].count == pws.describe(xs[1].cpu()).count  # readable after a replay
+
+
 # ------------------------------------------------------------------------------ distances
 @pytest.mark.parametrize("metric", range(5))
 def test_pairwise_distances_cuda_matches_cpu(metric: int) -> None:
