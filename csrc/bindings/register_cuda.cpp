@@ -325,11 +325,12 @@ class CudaResult {
       py::gil_scoped_release release;
       cu::DeviceGuard guard(device_);
       wait_enqueued();  // before the lock: other fetches never wait for this result's work
-      pin.grow(st_bytes + head_bytes);
+      const size_t need = std::max<size_t>(st_bytes + head_bytes, 1);  // never a null stage
+      pin.grow(need);
       std::lock_guard<std::mutex> lock(pin.mutex());
       void* side = pin.stream(device_);
       SyncOnUnwind unwind(side);
-      char* stage = pin.reserve(st_bytes + head_bytes);
+      char* stage = pin.reserve(need);
       cu::copy_to_host_async(
           stage, base() + layout_.off_states + static_cast<size_t>(t0) * sizeof(MomentState),
           st_bytes, side);
