@@ -8,7 +8,9 @@ are not timed: they need a GPU), so what is timed is the tracker's own work per 
 final ``trajectory()``.
 
     python bench/bench_tracker_host.py                    # current tracker
-    python bench/bench_tracker_host.py --module pyweightstat._old_tracker   # another copy
+    # another version, e.g. the one before the deferred statistics:
+    git show aaaac45:src/pyweightstat/tracker.py > src/pyweightstat/_old_tracker.py
+    python bench/bench_tracker_host.py --module pyweightstat._old_tracker
 """
 
 from __future__ import annotations

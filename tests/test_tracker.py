@@ -188,7 +188,7 @@ def test_hist_every(lazy: bool, tmp_path: Path) -> None:
     h = some.histogram("0.weight", 3)
     np.testing.assert_array_equal(_dense(np.asarray(h.counts), h.first), counts)
     for rec in (1, 7, 9, -3):
-        with pytest.raises(ValueError, match="no histograms"):
+        with pytest.raises(ValueError, match="without histograms"):
             some.histogram("0.weight", rec)
     with pytest.raises(TypeError, match="hist"):
         some.record(hist=1)  # type: ignore[arg-type]
@@ -202,7 +202,7 @@ def test_hist_every(lazy: bool, tmp_path: Path) -> None:
             np.testing.assert_array_equal(value, c[key])
         else:
             assert value == c[key]
-    with pytest.raises(ValueError, match="no histograms"):
+    with pytest.raises(ValueError, match="without histograms"):
         loaded.histogram(TOTAL_NAME, 1)
 
 
@@ -589,3 +589,23 @@ def test_plan_logic_simulated_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
             np.testing.assert_array_equal(value, b[key], err_msg=key)
         else:
             assert value == b[key], key
+
+
+def test_study_compact_trajectory_keeps_the_schedule() -> None:
+    # The study stores every statistic but only the whole network's histograms, and keeps which
+    # records have them.
+    from pyweightstat.study.runner import _compact_trajectory
+
+    model = _mlp()
+    tracker = WeightTracker(model, mantissa_bits=M, hist_every=2)
+    _train(model, tracker, 5)
+    traj = tracker.trajectory()
+    out = _compact_trajectory(traj)
+    assert out["hist_every"] == 2 and out["has_hist"].tolist() == [True, False, True, False, True]
+    np.testing.assert_array_equal(out["stats"], traj["stats"])
+    total = len(traj["names"]) - 1
+    keep = traj["hist_tensor"] == total
+    np.testing.assert_array_equal(out["hist_record"], traj["hist_record"][keep])
+    np.testing.assert_array_equal(out["hist_count"], traj["hist_count"][keep])
+    np.testing.assert_array_equal(out["hist_flows"], traj["hist_flows"][:, total])
+    assert set(out["hist_record"].tolist()) == {0, 2, 4} and "hist_tensor" not in out

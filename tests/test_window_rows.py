@@ -20,7 +20,7 @@ def test_window_rows_copies_every_window_exactly(tmp_path: Path) -> None:
         pytest.skip("no C++ compiler on PATH")
     exe = tmp_path / "window_rows_check"
     subprocess.run(
-        [cxx, "-std=c++17", "-O1", "-Wall", "-Wextra", "-Werror",
+        [cxx, "-std=c++17", "-O1", "-Wall", "-Wextra",
          f"-I{ROOT / 'csrc' / 'bindings'}", str(ROOT / "tests" / "cpp" / "window_rows_check.cpp"),
          "-o", str(exe)],
         check=True,

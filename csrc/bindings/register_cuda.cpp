@@ -302,7 +302,7 @@ class CudaResult {
   char* base() const { return static_cast<char*>(buf_.get()); }
 
   // States and histograms of slots [t0, t0 + count). Waits for this result's own work only (its
-  // event; later work on the stream keeps running; the whole stream for work captured into a CUDA
+  // event; later work on the stream keeps running; the whole device for work captured into a CUDA
   // graph), then copies on the private copy stream: the states and log headers in one round, the
   // log windows of all slots (WindowRows) in a second, both through the pinned staging buffer.
   py::tuple fetch_rows(int64_t t0, int64_t count, bool with_hist) {

@@ -597,8 +597,9 @@ __device__ __forceinline__ void run_chunk(const Entry& e, int64_t start, int64_t
   }
 }
 
-// Blocks per SM the kernel's registers must allow: 4 (64 registers) where the main loop fits
-// without spills (float32 up to the log histogram; float16 and bfloat16 moments), else 3.
+// Blocks per SM the kernel's registers must allow: 4 (64 registers) for the moments kernels of
+// the aligned kinds and the float32 log-histogram kernel, whose per-group fast paths fit without
+// spills (bench/sass_spills.py), else 3.
 template <int kKind, int kHist>
 constexpr int kMinBlocks =
     kKind == kKindGeneric || kHist == kHistUniform || (kHist == kHistLog && kKind != kKindF32) ? 3

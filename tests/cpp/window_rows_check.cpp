@@ -28,12 +28,12 @@ int main() {
   std::mt19937_64 gen(1);
   long bad = 0, dense = 0, sparse = 0;
   // One buffer of records, filled once and reused: values depend on the position only.
-  const size_t max_values = 40 * (5 + 520197);
+  const size_t max_values = 40 * (5 + 520193);
   std::vector<int64_t> recs(max_values);
   for (size_t i = 0; i < max_values; ++i) recs[i] = static_cast<int64_t>((i * 2654435761u) % 1000);
   for (int trial = 0; trial < 3000; ++trial) {
     const bool wide = trial % 3 == 0;         // m = 10: scattered windows, per-window copies
-    const int64_t nb = wide ? 520197 : 4065;  // buckets of m = 10 and m = 3
+    const int64_t nb = wide ? 520193 : 4065;  // buckets of m = 10 and m = 3
     const size_t n = 1 + gen() % 40, hdr = 5, rec = hdr + static_cast<size_t>(nb);
     std::vector<int64_t> first(n, 0), len(n, 0);
     for (size_t k = 0; k < n; ++k) {
@@ -46,6 +46,7 @@ int main() {
     std::vector<int64_t> stage(w.values() + 1, -7);
     w.enqueue(stage.data(), reinterpret_cast<const char*>(recs.data()), rec, hdr, HostCopies{});
     (w.dense() ? dense : sparse)++;
+    if (stage[w.values()] != -7) ++bad;  // nothing written past the staging it asked for
     for (size_t k = 0; k < n; ++k) {
       const int64_t* row = w.row(stage.data(), k);
       for (int64_t j = 0; j < len[k]; ++j) {

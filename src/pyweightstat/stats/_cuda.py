@@ -5,7 +5,8 @@ PyTorch current stream of the inputs' device for ``torch.Tensor`` inputs, the le
 stream for other DLPack producers), enqueues the kernels on that stream and returns at once: no
 host synchronisation. All Summaries of one call share one small device result buffer; reading any
 value of any of them copies the whole buffer to the host once (waiting for that call's work
-only, not for work queued after it on the stream).
+only, not for work queued after it on the stream; results of a call captured into a CUDA graph
+can be read only after the capture, and such a read waits for the whole device).
 
 The result buffer of ``torch`` inputs comes from PyTorch's caching allocator (a ``torch.uint8``
 tensor), so the call works inside ``torch.cuda.graph`` capture and follows PyTorch's stream-ordered
