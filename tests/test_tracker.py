@@ -591,6 +591,27 @@ def test_plan_logic_simulated_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
             assert value == b[key], key
 
 
+def test_column_computes_runs_of_deferred_partials_in_one_call() -> None:
+    from functools import partial
+
+    from pyweightstat.tracker import _Column
+
+    calls: list[int] = []
+
+    def rowwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        calls.append(len(a))
+        return np.stack([a + b, a * b], axis=-1)
+
+    col = _Column(np.float64, (2,))
+    for i in range(5):
+        col.extend(partial(rowwise, np.array([float(i)]), np.array([2.0])), 1)
+    col.extend(np.array([[-1.0, -1.0]]))  # an array ends the run
+    col.extend(partial(rowwise, np.array([9.0]), np.array([3.0])), 1)
+    np.testing.assert_array_equal(col.values[:5], [[i + 2.0, 2.0 * i] for i in range(5)])
+    np.testing.assert_array_equal(col.values[5:], [[-1.0, -1.0], [12.0, 27.0]])
+    assert calls == [5, 1]  # the five consecutive records in one call
+
+
 def test_study_compact_trajectory_keeps_the_schedule() -> None:
     # The study stores every statistic but only the whole network's histograms, and keeps which
     # records have them.

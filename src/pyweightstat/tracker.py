@@ -103,7 +103,9 @@ class _Column:
 
     A block may also be a function that computes it: it is called on the first read after it
     was appended (the tracker defers the CUDA statistics out of the training loop this way), and
-    arrays appended after a pending function wait with it, so the order is kept.
+    arrays appended after a pending function wait with it, so the order is kept.  Consecutive
+    deferred blocks that are ``functools.partial`` objects of one function over arrays are
+    computed in one call on their concatenated arguments (the function must work row-wise).
     """
 
     def __init__(self, dtype: Any, tail: tuple[int, ...] = ()) -> None:
@@ -144,16 +146,49 @@ class _Column:
     def values(self) -> np.ndarray:
         done = 0
         try:
-            for block, rows in self._pending:
-                if callable(block):
-                    block = np.asarray(block(), dtype=self._data.dtype)
-                    if block.shape != (rows, *self._data.shape[1:]):
-                        raise ValueError(f"a deferred block gave shape {block.shape}")
+            while done < len(self._pending):
+                block, rows = self._pending[done]
+                if not callable(block):
+                    self._put(block)
+                    done += 1
+                    continue
+                # A run of deferred blocks of one function over arrays (e.g. the statistics of
+                # consecutive records) is computed in one call on the concatenated arguments.
+                run = self._batchable_run(done)
+                if len(run) > 1:
+                    f = run[0][0].func
+                    args = zip(*(b.args for b, _ in run), strict=True)
+                    block = f(*(np.concatenate(a) for a in args))
+                    rows = sum(r for _, r in run)
+                else:
+                    block = block()
+                block = np.asarray(block, dtype=self._data.dtype)
+                if block.shape != (rows, *self._data.shape[1:]):
+                    raise ValueError(f"a deferred block gave shape {block.shape}")
                 self._put(block)
-                done += 1
+                done += len(run)
         finally:  # a failing block stays pending; the ones before it are not kept twice
             del self._pending[:done]
         return self._data[: self.n]
+
+    def _batchable_run(self, start: int) -> list[tuple[Any, int]]:
+        """The pending blocks from ``start`` that are partials of one function over arrays."""
+        first = self._pending[start][0]
+        if not isinstance(first, partial) or first.keywords:
+            return [self._pending[start]]
+        run = [self._pending[start]]
+        for block, rows in self._pending[start + 1 :]:
+            if not (
+                isinstance(block, partial)
+                and block.func is first.func
+                and not block.keywords
+                and len(block.args) == len(first.args)
+            ):
+                break
+            run.append((block, rows))
+        if not all(isinstance(a, np.ndarray) for b, _ in run for a in b.args):
+            return [self._pending[start]]
+        return run
 
 
 class WeightTracker:
