@@ -486,6 +486,11 @@ def bench_tensor(
         baseline="torch.histc",
         speedup=t_histc.seconds / tm.seconds,
     )
+    # The tracker's setting on one large tensor: the shared-counter log path at full bandwidth
+    # (its ratio to torch.sum against the moments row shows what the histogram adds).
+    tm, s3 = timer(lambda: pws.describe(t, mantissa_bits=3))
+    _check(s3.hist is not None and s3.hist.in_range == s3.count, "describe(m=3) histogram count")
+    add("moments + log hist (m=3)", "pyweightstat", tm, note="tracker setting, one pass")
     tm, _ = timer(lambda: pws.log_histogram(t, mantissa_bits=7))
     add("log histogram (m=7)", "pyweightstat", tm)
     tm, q = timer(lambda: pws.quantile(t, list(QUANTILES)))
