@@ -200,6 +200,31 @@ PinnedStaging& pinned_staging() {
   return staging;
 }
 
+// Exclusive use of the pinned staging buffer (at least `bytes`, grown before the mutex is taken;
+// 0: no staging needed) and of `device`'s copy stream, for one locked region of a fetch. The
+// copy stream is drained if the region is left by an exception (SyncOnUnwind), before the mutex
+// is released. Construct with the GIL released and the device current.
+class StagingLease {
+ public:
+  StagingLease(PinnedStaging& pin, int device, size_t bytes)
+      : lock_(grown(pin, bytes).mutex()),
+        side_(pin.stream(device)),
+        unwind_(side_),
+        stage_(bytes > 0 ? pin.reserve(bytes) : nullptr) {}
+  void* side() const { return side_; }
+  char* stage() const { return stage_; }
+
+ private:
+  static PinnedStaging& grown(PinnedStaging& pin, size_t bytes) {
+    if (bytes > 0) pin.grow(bytes);
+    return pin;
+  }
+  std::lock_guard<std::mutex> lock_;
+  void* side_;
+  SyncOnUnwind unwind_;
+  char* stage_;
+};
+
 class CudaResult {
  public:
   CudaResult(int device, void* stream, cu::Request req, cu::Layout layout)
@@ -262,11 +287,9 @@ class CudaResult {
         PinnedStaging& pin = pinned_staging();
         cu::DeviceGuard guard(device_);
         wait_enqueued();  // before the lock: other fetches never wait for this result's work
-        std::lock_guard<std::mutex> lock(pin.mutex());
-        void* side = pin.stream(device_);
-        SyncOnUnwind unwind(side);
-        cu::copy_to_host_async(ep, base() + layout_.off_edges, bytes, side);
-        cu::stream_synchronize(side);
+        const StagingLease lease(pin, device_, 0);  // copies straight into the array
+        cu::copy_to_host_async(ep, base() + layout_.off_edges, bytes, lease.side());
+        cu::stream_synchronize(lease.side());
       }
       edges = e;
     }
@@ -325,12 +348,10 @@ class CudaResult {
       py::gil_scoped_release release;
       cu::DeviceGuard guard(device_);
       wait_enqueued();  // before the lock: other fetches never wait for this result's work
-      const size_t need = std::max<size_t>(st_bytes + head_bytes, 1);  // never a null stage
-      pin.grow(need);
-      std::lock_guard<std::mutex> lock(pin.mutex());
-      void* side = pin.stream(device_);
-      SyncOnUnwind unwind(side);
-      char* stage = pin.reserve(need);
+      // never a null stage
+      const StagingLease lease(pin, device_, std::max<size_t>(st_bytes + head_bytes, 1));
+      void* side = lease.side();
+      char* stage = lease.stage();
       cu::copy_to_host_async(
           stage, base() + layout_.off_states + static_cast<size_t>(t0) * sizeof(MomentState),
           st_bytes, side);
@@ -370,13 +391,10 @@ class CudaResult {
       if (rows.values() > 0) {
         py::gil_scoped_release release;
         cu::DeviceGuard guard(device_);
-        pin.grow(rows.values() * 8);
-        std::lock_guard<std::mutex> lock(pin.mutex());
-        void* side = pin.stream(device_);
-        SyncOnUnwind unwind(side);
-        int64_t* stage = reinterpret_cast<int64_t*>(pin.reserve(rows.values() * 8));
-        rows.enqueue(stage, hist, rec, hdr, DeviceCopies{side});
-        cu::stream_synchronize(side);
+        const StagingLease lease(pin, device_, rows.values() * 8);
+        int64_t* stage = reinterpret_cast<int64_t*>(lease.stage());
+        rows.enqueue(stage, hist, rec, hdr, DeviceCopies{lease.side()});
+        cu::stream_synchronize(lease.side());
         for (size_t i = 0; i < n; ++i) {
           if (len[i] > 0) {
             std::memcpy(dst[i], rows.row(stage, i), static_cast<size_t>(len[i]) * 8);
@@ -609,12 +627,10 @@ py::tuple fetch_many(const py::list& handles) {
     cu::DeviceGuard guard(rs[0]->device());
     for (CudaResult* c : rs) c->wait_enqueued();  // before the lock (see CudaResult::fetch_rows)
     const int device = rs[0]->device();
-    pin.grow(std::max<size_t>(st_bytes + head_bytes, 1));
     {  // round 1: states and log headers
-      std::lock_guard<std::mutex> lock(pin.mutex());
-      void* side = pin.stream(device);
-      SyncOnUnwind unwind(side);
-      char* stage = pin.reserve(std::max<size_t>(st_bytes + head_bytes, 1));
+      const StagingLease lease(pin, device, std::max<size_t>(st_bytes + head_bytes, 1));
+      void* side = lease.side();
+      char* stage = lease.stage();
       for (size_t i = 0; i < r; ++i) {
         const char* b = rs[i]->data();
         cu::copy_to_host_async(stage + i * p1 * sizeof(MomentState), b + L.off_states,
@@ -640,19 +656,16 @@ py::tuple fetch_many(const py::list& handles) {
       row_off[i] = window_values;
       window_values += wins[i].values();
     }
-    if (window_values > 0) pin.grow(window_values * 8);
     // round 2: the log windows, read from the staging while the lock is held
-    std::lock_guard<std::mutex> lock(pin.mutex());
-    void* side = pin.stream(device);
-    SyncOnUnwind unwind(side);
+    const StagingLease lease(pin, device, window_values * 8);
     const int64_t* windows = nullptr;
     if (window_values > 0) {
-      int64_t* st64 = reinterpret_cast<int64_t*>(pin.reserve(window_values * 8));
+      int64_t* st64 = reinterpret_cast<int64_t*>(lease.stage());
       for (size_t i = 0; i < r; ++i) {
         wins[i].enqueue(st64 + row_off[i], rs[i]->data() + L.off_hist, rec, hdr,
-                        DeviceCopies{side});
+                        DeviceCopies{lease.side()});
       }
-      cu::stream_synchronize(side);
+      cu::stream_synchronize(lease.side());
       windows = st64;
     }
     buckets.reserve(static_cast<size_t>(packed));
