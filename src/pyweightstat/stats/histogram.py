@@ -233,28 +233,12 @@ class Histogram:
         a, b = self._trimmed(), other._trimmed()
         if a.counts.size == 0 or b.counts.size == 0:
             src = b if a.counts.size == 0 else a
-            return Histogram(
-                src.counts.copy(),
-                None,
-                under,
-                over,
-                nan,
-                kind="log",
-                first=src.first,
-                mantissa_bits=self.mantissa_bits,
-            )
-        first = min(a.first, b.first)
-        n = max(a.first + a.counts.size, b.first + b.counts.size) - first
-        return Histogram(
-            a.aligned(first, n) + b.aligned(first, n),
-            None,
-            under,
-            over,
-            nan,
-            kind="log",
-            first=first,
-            mantissa_bits=self.mantissa_bits,
-        )
+            first, counts = src.first, src.counts.copy()
+        else:
+            first = min(a.first, b.first)
+            n = max(a.first + a.counts.size, b.first + b.counts.size) - first
+            counts = a.aligned(first, n) + b.aligned(first, n)
+        return from_core((first, counts, under, over, nan), False, None, self.mantissa_bits)
 
     def __add__(self, other: Histogram) -> Histogram:
         return self.merge(other)
