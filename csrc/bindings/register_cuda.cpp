@@ -20,9 +20,9 @@
 #include <utility>
 #include <vector>
 
-#include "../cpu/strided.h"
 #include "../cuda/describe_cuda.h"
 #include "../cuda/distances_cuda.h"
+#include "cuda_entry.h"
 #include "dlpack_view.h"
 #include "pws/hist_layout.h"
 #include "pws/moment_state.h"
@@ -422,32 +422,6 @@ class CudaResult {
   void* event_ = nullptr;
   std::shared_ptr<const void> keep_alive_;
 };
-
-cu::Entry make_entry(const TensorView& v, const std::string& what) {
-  cu::Entry e{};
-  e.numel = v.numel;
-  e.dtype = static_cast<int32_t>(v.dtype);
-  if (v.numel == 0) return e;
-  const cpu::FlatView f = cpu::flatten(v);
-  e.data = f.base;
-  if (f.contiguous()) {
-    e.ndim = 0;
-    e.aligned = (reinterpret_cast<uintptr_t>(f.base) % 16 == 0) ? 1 : 0;
-    return e;
-  }
-  if (f.ndim > cu::kMaxCudaDims) {
-    throw py::value_error(what + " has a memory layout with " + std::to_string(f.ndim) +
-                          " dimensions that cannot be merged; at most " +
-                          std::to_string(cu::kMaxCudaDims) +
-                          " are supported on CUDA: pass a contiguous copy");
-  }
-  e.ndim = static_cast<int16_t>(f.ndim);
-  for (int d = 0; d < f.ndim; ++d) {
-    e.shape[d] = f.shape[d];
-    e.strides[d] = f.strides[d];
-  }
-  return e;
-}
 
 // Imported inputs of one call: the DLPack owners keep the producers' memory alive.
 struct Inputs {

@@ -608,7 +608,7 @@ constexpr int kMinBlocks =
 template <int kKind, bool kState, int kHist>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
     fused_kernel(const __grid_constant__ EntryTable tab, const Params p) {
-  extern __shared__ __align__(16) unsigned char dyn_smem[];
+  PWS_DYNAMIC_SHARED(unsigned char, dyn_smem);
   __shared__ MomentState warp_states[kWarps];
   __shared__ int32_t block_window[2];  // log: the block's touched finite buckets (lo, hi)
   const int tid = static_cast<int>(threadIdx.x);
@@ -870,7 +870,7 @@ void launch_kind(const dim3& g, size_t smem, cudaStream_t s, const EntryTable& t
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(shared_hist_max())));
   }
-  fused_kernel<kKind, kState, kHist><<<g, kThreads, smem, s>>>(tab, p);
+  PWS_LAUNCH(g, kThreads, smem, s, fused_kernel<kKind, kState, kHist>)(tab, p);
 }
 
 template <bool kState, int kHist>
@@ -898,7 +898,7 @@ void launch_fused(const EntryTable& tab, const Params& p, size_t smem, cudaStrea
 }
 
 void launch_finalize(const EntryTable& tab, const Params& p, cudaStream_t s) {
-  finalize_kernel<<<static_cast<unsigned>(tab.count), kThreads, 0, s>>>(tab, p);
+  PWS_LAUNCH(static_cast<unsigned>(tab.count), kThreads, 0, s, finalize_kernel)(tab, p);
   PWS_CUDA_CHECK_LAUNCH("finalize_kernel launch");
 }
 
@@ -982,8 +982,8 @@ void launch_describe(const std::vector<Entry>& entries, const Request& req, cons
   if (req.hist_kind == kHistUniform) {
     if (req.edge_mode == kEdgesRange) {
       const int64_t n = req.bins + 1;
-      range_edges_kernel<<<static_cast<unsigned>((n + kThreads - 1) / kThreads), kThreads, 0, s>>>(
-          p.edges, req.bins, req.lo, req.hi);
+      PWS_LAUNCH(static_cast<unsigned>((n + kThreads - 1) / kThreads), kThreads, 0, s,
+                 range_edges_kernel)(p.edges, req.bins, req.lo, req.hi);
       PWS_CUDA_CHECK_LAUNCH("range_edges_kernel launch");
     } else if (req.edge_mode == kEdgesExplicit) {
       PWS_CUDA_CHECK(cudaMemcpyAsync(
@@ -1027,7 +1027,7 @@ void launch_total(const Request& req, const Layout& L, void* result, void* strea
     grid.x = static_cast<unsigned>((L.record + kThreads - 1) / kThreads);
     grid.y = static_cast<unsigned>(std::max<int64_t>(1, (L.tensors + group - 1) / group));
   }
-  total_kernel<<<grid, kThreads, 0, s>>>(p, hist ? 1 : 0, group);
+  PWS_LAUNCH(grid, kThreads, 0, s, total_kernel)(p, hist ? 1 : 0, group);
   PWS_CUDA_CHECK_LAUNCH("total_kernel launch");
 }
 

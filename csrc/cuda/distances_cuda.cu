@@ -161,10 +161,12 @@ void pairwise_distances(const int64_t* counts, int64_t k, int64_t b, const doubl
     PWS_CUDA_CHECK(cudaMemcpy(d_counts, counts, kb * sizeof(long long), cudaMemcpyHostToDevice));
     PWS_CUDA_CHECK(cudaMemcpy(d_centres, centres, static_cast<size_t>(b) * sizeof(double),
                               cudaMemcpyHostToDevice));
-    prepare_rows<<<static_cast<unsigned>(k), kThreads>>>(d_counts, b, d_p, d_sq, d_cdf, d_empty);
+    PWS_LAUNCH(static_cast<unsigned>(k), kThreads, 0, nullptr, prepare_rows)(d_counts, b, d_p, d_sq,
+                                                                             d_cdf, d_empty);
     PWS_CUDA_CHECK(cudaGetLastError());
     const dim3 grid(static_cast<unsigned>((k + kWarps - 1) / kWarps), static_cast<unsigned>(k));
-    pair_distances<<<grid, kThreads>>>(d_p, d_sq, d_cdf, d_empty, d_centres, k, b, metric, d_out);
+    PWS_LAUNCH(grid, kThreads, 0, nullptr, pair_distances)(d_p, d_sq, d_cdf, d_empty, d_centres, k,
+                                                           b, metric, d_out);
     PWS_CUDA_CHECK(cudaGetLastError());
     PWS_CUDA_CHECK(cudaMemcpy(out, d_out,
                               static_cast<size_t>(k) * static_cast<size_t>(k) * sizeof(double),

@@ -1,0 +1,275 @@
+"""The CUDA bindings and Python dispatch, run on the host CUDA emulator (inner test module).
+
+Not collected by a plain ``pytest`` run (its name does not start with ``test_``):
+``tests/test_cuda_emulated.py::test_cuda_bindings_on_the_emulator`` builds ``pyweightstat._C``
+with the CUDA engine compiled against ``tests/cpp/cuda_emu`` and runs this module in a fresh
+interpreter where that build replaces the real ``_C``. Inputs are host tensors that claim to live
+on ``cuda:0`` through DLPack (the emulator's device memory is host memory), so everything between
+``pws.describe_many`` and the kernels runs as on a GPU machine: the DLPack import, the launch
+tables, the device result buffers, ``CudaPlan``, the fetches (event waits, pinned staging, the
+window copies of ``WindowRows``), ``fetch_many`` and the totals. The tracker's ``Plan`` wrapper and
+everything tied to ``torch.cuda`` (streams, graphs, the caching allocator) need a real GPU and are
+covered by ``tests/test_cuda.py`` only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+import pytest
+import torch
+from stats_checks import assert_summary_matches
+
+import pyweightstat as pws
+from pyweightstat import _C
+from pyweightstat.stats.reference import ref_moments
+from pyweightstat.stats.summary import FIELDS, fields_from_states
+
+_DL_CUDA = 2
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+_get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_get_pointer.restype = ctypes.c_void_p
+_get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+
+def test_the_emulated_build_is_loaded() -> None:
+    assert _C.__file__ == os.environ["PWS_EMU_MODULE"]
+    assert pws.build_info()["cuda"] is True
+
+
+class FakeCuda:
+    """A host tensor exported through DLPack as if it lived on ``cuda:<device>``."""
+
+    def __init__(self, t: torch.Tensor, device: int = 0) -> None:
+        self.t = t
+        self.device = device
+        self.shape = tuple(t.shape)
+        self.size = t.numel()
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (_DL_CUDA, self.device)
+
+    def __dlpack__(self, stream: int | None = None, **kw: object) -> object:
+        cap = torch.utils.dlpack.to_dlpack(self.t)
+        ptr = _get_pointer(cap, b"dltensor")  # DLManagedTensor: DLTensor first
+        ctypes.c_int32.from_address(ptr + 8).value = _DL_CUDA  # dl_tensor.device.device_type
+        ctypes.c_int32.from_address(ptr + 12).value = self.device
+        return cap
+
+
+def _data(n: int, dtype: torch.dtype, seed: int = 0, specials: bool = True) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = (0.3 + 0.05 * torch.randn(n, generator=g, dtype=torch.float64)).to(dtype)
+    if specials and n >= 64:
+        idx = torch.randperm(n, generator=g)[:40]
+        x[idx[:10]] = 0.0
+        x[idx[10:15]] = float("nan")
+        x[idx[15:18]] = float("inf")
+        x[idx[18:20]] = float("-inf")
+        x[idx[20:25]] = -0.0
+    return x
+
+
+def _state(s: pws.Summary) -> tuple[np.ndarray, np.ndarray]:
+    f, n = s._state()
+    return np.array(f), np.array(n)
+
+
+def _same_as_cpu(s: pws.Summary, c: pws.Summary, x: torch.Tensor, label: str) -> None:
+    """The device result against the CPU engine (counts, extremes, histogram exactly) and the
+    float64 reference (moments within the SPEC bounds)."""
+    assert_summary_matches(s, ref_moments(x), label)
+    for name in ("count", "nan_count", "posinf_count", "neginf_count", "zero_count"):
+        assert getattr(s, name) == getattr(c, name), (label, name)
+    for name in ("min", "max"):
+        a, b = getattr(s, name), getattr(c, name)
+        assert a == b or (np.isnan(a) and np.isnan(b)), (label, name)
+    assert (s.hist is None) == (c.hist is None), label
+    if s.hist is not None:
+        assert s.hist == c.hist, label
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"mantissa_bits": 3},
+        {"mantissa_bits": 10},
+        {"bins": 64},
+        {"bins": 64, "range": (0.2, 0.4)},
+    ],
+)
+def test_describe_is_deferred_and_matches_cpu(dtype: torch.dtype, kw: dict) -> None:
+    x = _data(2 * 65536 + 4099, dtype, seed=3)
+    s = pws.describe(FakeCuda(x), **kw)
+    assert not s.on_host  # nothing copied before a value is read
+    c = pws.describe(x, **kw)
+    _same_as_cpu(s, c, x, f"{dtype} {kw}")
+    assert s.on_host
+
+
+def _param_list() -> list[torch.Tensor]:
+    # > 200 tensors (two launch tables), mixed dtypes, sizes and layouts, with empties.
+    xs = []
+    for i in range(230):
+        n = [0, 1, 768, 3072, 9008, 70_000][i % 6]
+        x = _data(n, DTYPES[i % 4], seed=100 + i, specials=i % 5 == 0)
+        if i % 7 == 0 and n >= 768:
+            x = x.reshape(-1, 16).t()
+        xs.append(x)
+    return xs
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [{}, {"mantissa_bits": 3}, {"mantissa_bits": 7}, {"bins": 64}, {"bins": 64, "range": (0, 0.5)}],
+)
+def test_describe_many_matches_cpu_per_tensor_and_total(kw: dict) -> None:
+    xs = _param_list()
+    res, total = pws.describe_many([FakeCuda(x) for x in xs], total=True, **kw)
+    assert len(res) == len(xs) and not total.on_host
+    cpu_res, cpu_total = pws.describe_many(xs, total=True, **kw)
+    for i, (x, s, c) in enumerate(zip(xs, res, cpu_res, strict=True)):
+        _same_as_cpu(s, c, x, f"tensor {i} {kw}")
+    allx = torch.cat([x.reshape(-1).double() for x in xs])
+    assert_summary_matches(total, ref_moments(allx), "total")
+    assert total.hist == cpu_total.hist  # None for per-tensor uniform ranges, as on the CPU
+
+
+def test_results_share_one_buffer_freed_after_the_first_read() -> None:
+    xs = [_data(1000 + i, torch.float32, seed=i) for i in range(4)]
+    res = pws.describe_many([FakeCuda(x) for x in xs])
+    call = res[0]._fetch.call
+    _ = res[2].mean  # one fetch copies every tensor's state ...
+    assert call._res is not None and call._handle is None  # ... and frees the device buffer
+    assert [s.count for s in res] == [990, 991, 992, 993]
+
+
+def _plan_inputs() -> list[torch.Tensor]:
+    return [
+        _data(300_007, torch.float32),
+        _data(70_000, torch.bfloat16, 1),
+        _data(5000, torch.float16, 2),
+        _data(3000, torch.float64, 3),
+        _data(40_000, torch.float32, 4)[1:],  # not 16-byte aligned
+        _data(64 * 33, torch.float32, 5).view(64, 33).t(),  # strided
+        torch.empty(0),
+        _data(3, torch.float32, 6, specials=False),
+    ]
+
+
+def _plan(xs: list[torch.Tensor], hist_kind: int, m: int) -> object:
+    caps = [FakeCuda(x).__dlpack__() for x in xs]
+    return _C.CudaPlan(caps, [f"xs[{i}]" for i in range(len(xs))], 0, hist_kind, m)
+
+
+def _check_fetch_many(out: tuple, expected_runs: list[list[pws.Summary]]) -> None:
+    """fetch_many's arrays against Summaries of the same launches (bit-identical states)."""
+    f, n, nnz, buckets, counts, flows = out
+    runs, slots = len(expected_runs), len(expected_runs[0])
+    assert f.shape == (runs, slots, 8) and n.shape == (runs, slots, 5)
+    assert nnz.shape == (runs, slots) and int(nnz.sum()) == len(buckets) == len(counts)
+    fields = fields_from_states(f, n)
+    off = 0
+    for r in range(runs):
+        for t, s in enumerate(expected_runs[r]):
+            fs, ns = _state(s)
+            assert f[r, t].tobytes() == fs.tobytes(), (r, t)
+            np.testing.assert_array_equal(n[r, t], ns)
+            want = [float(getattr(s, k)) for k in FIELDS]
+            np.testing.assert_array_equal([float(v) for v in fields[r, t]], want)
+            k = int(nnz[r, t])
+            if s.hist is not None:
+                dense = np.asarray(s.hist.counts)
+                idx = np.flatnonzero(dense)
+                np.testing.assert_array_equal(buckets[off : off + k], idx + s.hist.first)
+                np.testing.assert_array_equal(counts[off : off + k], dense[idx])
+                assert tuple(flows[r, t]) == (
+                    s.hist.underflow,
+                    s.hist.overflow,
+                    s.hist.nan_count,
+                )
+            else:
+                assert k == 0
+            off += k
+    assert off == len(counts)
+
+
+@pytest.mark.parametrize("allocator", ["cudaMallocAsync", "python"])
+def test_plan_and_fetch_many_match_describe_many(allocator: str) -> None:
+    xs = _plan_inputs()
+    plan = _plan(xs, 2, 3)
+    alloc = (
+        None
+        if allocator == "cudaMallocAsync"
+        else (lambda nbytes: torch.empty(nbytes, dtype=torch.uint8))
+    )
+    results, expected = [], []
+    for r in range(3):  # the plan reads the tensors' current values at each launch
+        if r:
+            for x in xs:
+                x.mul_(1.5)
+        results.append(plan.launch(0, alloc, True))
+        summaries, total = pws.describe_many([FakeCuda(x) for x in xs], total=True, mantissa_bits=3)
+        cpu, cpu_total = pws.describe_many(xs, total=True, mantissa_bits=3)
+        for i, (x, s, c) in enumerate(zip(xs, summaries, cpu, strict=True)):
+            _same_as_cpu(s, c, x, f"run {r} tensor {i}")
+        assert total.hist == cpu_total.hist
+        expected.append([*summaries, total])
+    _check_fetch_many(_C.fetch_many(results), expected)
+
+
+def test_moments_only_plan() -> None:
+    xs = _plan_inputs()
+    plan = _plan(xs, 0, 0)
+    out = _C.fetch_many([plan.launch(0, None, True), plan.launch(0, None, True)])
+    summaries, total = pws.describe_many([FakeCuda(x) for x in xs], total=True)
+    _check_fetch_many(out, [[*summaries, total]] * 2)
+
+
+def test_fetches_of_scattered_windows() -> None:
+    # Windows far apart on the m = 10 grid: both fetch paths copy window by window.
+    g = torch.Generator().manual_seed(21)
+    scales = [1e-30, -1e-20, 1e-10, 1.0, 3.0, 1e10, -1e20, 1e30]
+    xs = [s * (1 + 0.01 * torch.rand(5000, generator=g)) for s in scales]
+    summaries, total = pws.describe_many([FakeCuda(x) for x in xs], total=True, mantissa_bits=10)
+    for x, s in zip(xs, summaries, strict=True):
+        assert s.hist == pws.log_histogram(x, mantissa_bits=10)
+    assert total.hist == pws.log_histogram(torch.cat(xs), mantissa_bits=10)
+    plan = _plan(xs, 2, 10)
+    out = _C.fetch_many([plan.launch(0, None, True), plan.launch(0, None, True)])
+    _check_fetch_many(out, [[*summaries, total]] * 2)
+
+
+def test_quantiles_and_distances_on_the_device() -> None:
+    x = _data(200_003, torch.float32, seed=8)
+    q = [0.01, 0.5, 0.99]
+    np.testing.assert_array_equal(
+        pws.quantile(FakeCuda(x), q, mantissa_bits=7), pws.quantile(x, q, mantissa_bits=7)
+    )
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 50, size=(37, 300)).astype(np.int64)
+    counts[5] = 0
+    centres = np.linspace(-1.0, 1.0, 300)
+    for metric in range(5):
+        got = _C.pairwise_distances_cuda(counts, centres, metric, 0)
+        ref = _C.pairwise_distances(counts, centres, metric)
+        np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-15, equal_nan=True)
+
+
+def test_refused_inputs_name_the_problem() -> None:
+    with pytest.raises(ValueError, match="same GPU"):
+        pws.describe_many(
+            [FakeCuda(_data(10, torch.float32)), FakeCuda(_data(10, torch.float32), 1)]
+        )
+    big = _data(3**8, torch.float32, seed=4).reshape([3] * 8)[(slice(0, 2),) * 8]
+    with pytest.raises(ValueError, match="cannot be merged"):
+        pws.describe(FakeCuda(big))
+    with pytest.raises(TypeError, match="CudaResult"):
+        _C.fetch_many([None])
+    with pytest.raises(TypeError, match="dtype"):
+        pws.describe(FakeCuda(torch.zeros(3, dtype=torch.int32)))
