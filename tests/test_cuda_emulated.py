@@ -582,6 +582,72 @@ def test_layout_that_cannot_be_merged_is_refused(emu: Path, tmp_path: Path) -> N
     assert_summary_matches(fine.summaries[0], ref_moments(ok))  # the next case still runs
 
 
+# ------------------------------------------------------------------------------ sanitizers
+@pytest.fixture(scope="module")
+def emu_sanitized(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The driver built with AddressSanitizer and UndefinedBehaviorSanitizer (about 30 s)."""
+    cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+    if cxx is None:
+        pytest.skip("no C++ compiler on PATH")
+    out = tmp_path_factory.mktemp("cuda_emu_san")
+    san = ["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+    san += ["-fno-omit-frame-pointer"]
+    common = ["-std=c++17", "-O1", *san, "-Wall", "-Wextra", f"-I{ROOT / 'csrc' / 'include'}"]
+    emulated = [
+        *common,
+        "-Wno-unknown-pragmas",
+        "-DPWS_CUDA_EMULATION",
+        f"-I{ROOT / 'tests' / 'cpp' / 'cuda_emu'}",
+        "-x",
+        "c++",
+    ]
+    units = [
+        (emulated, ROOT / "csrc" / "cuda" / "describe_cuda.cu"),
+        (emulated, ROOT / "csrc" / "cuda" / "distances_cuda.cu"),
+        (common, ROOT / "tests" / "cpp" / "cuda_emu_check.cpp"),
+    ]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        objs = list(pool.map(lambda u: _compile(cxx, u[0], u[1], out), units))
+    exe = out / "cuda_emu_check_san"
+    r = subprocess.run([cxx, *san, *map(str, objs), "-o", str(exe)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return exe
+
+
+def test_kernels_under_address_and_undefined_behaviour_sanitizers(
+    emu_sanitized: Path, tmp_path: Path
+) -> None:
+    # Inputs and device buffers are allocated to the byte, so any read past a tensor's end, any
+    # shared-memory access past the launch's dynamic size, and any undefined integer operation
+    # (the bucket formulas' shifts and casts) aborts the driver. Every dtype, every layout, both
+    # counter placements and every histogram kind.
+    cases: list[Any] = []
+    for dtype in DTYPES:
+        x = _data(CHUNK + 4099, dtype, seed=DTYPE_CODE[dtype])
+        xs = [_layout(x, lay) for lay in ("contiguous", "unaligned", "transposed")]
+        xs += [torch.empty(0, dtype=dtype), torch.tensor(1.5, dtype=dtype)]
+        cases += [Describe(xs, HIST_LOG, m=m, total=2) for m in (3, 10)]
+        cases += [
+            Describe(xs, HIST_UNIFORM, bins=b, edge_mode=EDGES_RANGE, lo=0.2, hi=0.4, total=2)
+            for b in (7, 20000)
+        ]
+        cases.append(Describe(xs, HIST_UNIFORM, bins=64, edge_mode=EDGES_DATA))
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 50, size=(9, 300)).astype(np.int64)
+    counts[5] = 0
+    cases += [Distances(counts, np.linspace(-1.0, 1.0, 300), metric) for metric in range(5)]
+    env = {"ASAN_OPTIONS": "detect_leaks=0:detect_stack_use_after_return=0"}
+    results = run(emu_sanitized, cases, tmp_path, env=env)  # asserts a clean exit
+    for case, res in zip(cases, results, strict=True):
+        if isinstance(case, Describe):  # and the results are still right
+            assert isinstance(res, DescribeResult), res
+            for x, s in zip(case.xs, res.summaries, strict=True):
+                _same_counts(s, pws.describe(x))
+        else:
+            ref = _C.pairwise_distances(case.counts, case.centres, case.metric)
+            np.testing.assert_allclose(res, ref, rtol=1e-12, atol=1e-15, equal_nan=True)
+
+
 # ------------------------------------------------------------------------------ distances
 def test_pairwise_distances_match_cpu(emu: Path, tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
