@@ -20,6 +20,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from cuda_cases import DTYPES, param_list, weights_like
 from stats_checks import assert_summary_matches
 
 import pyweightstat as pws
@@ -28,7 +29,6 @@ from pyweightstat.stats.reference import ref_moments
 from pyweightstat.stats.summary import FIELDS, fields_from_states
 
 _DL_CUDA = 2
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 _get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
 _get_pointer.restype = ctypes.c_void_p
@@ -60,17 +60,7 @@ class FakeCuda:
         return cap
 
 
-def _data(n: int, dtype: torch.dtype, seed: int = 0, specials: bool = True) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    x = (0.3 + 0.05 * torch.randn(n, generator=g, dtype=torch.float64)).to(dtype)
-    if specials and n >= 64:
-        idx = torch.randperm(n, generator=g)[:40]
-        x[idx[:10]] = 0.0
-        x[idx[10:15]] = float("nan")
-        x[idx[15:18]] = float("inf")
-        x[idx[18:20]] = float("-inf")
-        x[idx[20:25]] = -0.0
-    return x
+_data = weights_like
 
 
 def _state(s: pws.Summary) -> tuple[np.ndarray, np.ndarray]:
@@ -113,15 +103,7 @@ def test_describe_is_deferred_and_matches_cpu(dtype: torch.dtype, kw: dict) -> N
 
 
 def _param_list() -> list[torch.Tensor]:
-    # > 200 tensors (two launch tables), mixed dtypes, sizes and layouts, with empties.
-    xs = []
-    for i in range(230):
-        n = [0, 1, 768, 3072, 9008, 70_000][i % 6]
-        x = _data(n, DTYPES[i % 4], seed=100 + i, specials=i % 5 == 0)
-        if i % 7 == 0 and n >= 768:
-            x = x.reshape(-1, 16).t()
-        xs.append(x)
-    return xs
+    return param_list(sizes=(0, 1, 768, 3072, 9008, 70_000))  # smaller than on a GPU
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from cuda_cases import DTYPES, param_list, weights_like
 from stats_checks import assert_summary_matches, full_log_counts
 
 import pyweightstat as pws
@@ -40,22 +41,12 @@ pytestmark = [
     pytest.mark.skipif(not _cuda_usable(), reason="needs a CUDA build of pyweightstat and a GPU"),
 ]
 
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 DEV = "cuda"
 
 
 def _data(n: int, dtype: torch.dtype, seed: int = 0, specials: bool = True) -> torch.Tensor:
     """Weights-like values with zeros, NaN and +/-Inf sprinkled in, made on the GPU."""
-    g = torch.Generator(device=DEV).manual_seed(seed)
-    x = (0.3 + 0.05 * torch.randn(n, generator=g, device=DEV, dtype=torch.float64)).to(dtype)
-    if specials and n >= 64:
-        idx = torch.randperm(n, generator=g, device=DEV)[:40]
-        x[idx[:10]] = 0.0
-        x[idx[10:15]] = float("nan")
-        x[idx[15:18]] = float("inf")
-        x[idx[18:20]] = float("-inf")
-        x[idx[20:25]] = -0.0
-    return x
+    return weights_like(n, dtype, seed, specials, device=DEV)
 
 
 def _state(s: pws.Summary) -> tuple[np.ndarray, np.ndarray]:
@@ -268,15 +259,7 @@ def test_quantile_matches_cpu() -> None:
 # ------------------------------------------------------------------------------ many tensors
 def _param_list() -> list[torch.Tensor]:
     # > 200 tensors (two launches), mixed dtypes, sizes and layouts, with empties.
-    xs = []
-    for i in range(230):
-        n = [0, 1, 768, 3072, 70_000, 590_000][i % 6]
-        dt = DTYPES[i % 4]
-        x = _data(n, dt, seed=100 + i, specials=i % 5 == 0)
-        if i % 7 == 0 and n >= 768:
-            x = x.reshape(-1, 16).t()
-        xs.append(x)
-    return xs
+    return param_list(device=DEV)
 
 
 @pytest.mark.parametrize(

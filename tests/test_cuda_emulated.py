@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from cuda_cases import DTYPES, param_list, weights_like
 from stats_checks import assert_summary_matches, full_log_counts
 
 import pyweightstat as pws
@@ -51,7 +52,6 @@ CHUNK = 1 << 16  # csrc/cuda/describe_cuda.h kChunk
 HIST_NONE, HIST_UNIFORM, HIST_LOG = 0, 1, 2
 EDGES_NONE, EDGES_RANGE, EDGES_DATA, EDGES_EXPLICIT = 0, 1, 2, 3
 DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
-DTYPES = list(DTYPE_CODE)
 
 
 # ------------------------------------------------------------------------------ the driver
@@ -322,18 +322,7 @@ def run(exe: Path, cases: list[Any], tmp_path: Path, env: dict[str, str] | None 
 
 
 # ------------------------------------------------------------------------------ data
-def _data(n: int, dtype: torch.dtype, seed: int = 0, specials: bool = True) -> torch.Tensor:
-    """Weights-like values with zeros, NaN and +/-Inf sprinkled in (as tests/test_cuda.py)."""
-    g = torch.Generator().manual_seed(seed)
-    x = (0.3 + 0.05 * torch.randn(n, generator=g, dtype=torch.float64)).to(dtype)
-    if specials and n >= 64:
-        idx = torch.randperm(n, generator=g)[:40]
-        x[idx[:10]] = 0.0
-        x[idx[10:15]] = float("nan")
-        x[idx[15:18]] = float("inf")
-        x[idx[18:20]] = float("-inf")
-        x[idx[20:25]] = -0.0
-    return x
+_data = weights_like
 
 
 def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
@@ -517,16 +506,7 @@ def test_uniform_histograms_every_edge_mode(emu: Path, tmp_path: Path, bins: int
 
 # ------------------------------------------------------------------------------ many tensors
 def _param_list() -> list[torch.Tensor]:
-    # > 200 tensors (two launch tables), mixed dtypes, sizes and layouts, with empties.
-    xs = []
-    for i in range(230):
-        n = [0, 1, 768, 3072, 9008, 70_000][i % 6]
-        dt = DTYPES[i % 4]
-        x = _data(n, dt, seed=100 + i, specials=i % 5 == 0)
-        if i % 7 == 0 and n >= 768:
-            x = x.reshape(-1, 16).t()
-        xs.append(x)
-    return xs
+    return param_list(sizes=(0, 1, 768, 3072, 9008, 70_000))  # smaller than on a GPU
 
 
 def test_describe_many_matches_cpu_per_tensor_and_total(emu: Path, tmp_path: Path) -> None:

@@ -1,0 +1,40 @@
+"""Inputs shared by the CUDA tests: ``tests/test_cuda.py`` on a GPU, and the host-emulated
+``tests/test_cuda_emulated.py`` / ``tests/emulated_bindings_checks.py`` everywhere else."""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def weights_like(
+    n: int, dtype: torch.dtype, seed: int = 0, specials: bool = True, device: str = "cpu"
+) -> torch.Tensor:
+    """``n`` weights-like values (0.3 + 0.05 N(0, 1)) on ``device``; with ``specials`` (and
+    ``n >= 64``) 10 zeros, 5 NaN, 3 +Inf, 2 -Inf and 5 negative zeros at random places."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = (0.3 + 0.05 * torch.randn(n, generator=g, device=device, dtype=torch.float64)).to(dtype)
+    if specials and n >= 64:
+        idx = torch.randperm(n, generator=g, device=device)[:40]
+        x[idx[:10]] = 0.0
+        x[idx[10:15]] = float("nan")
+        x[idx[15:18]] = float("inf")
+        x[idx[18:20]] = float("-inf")
+        x[idx[20:25]] = -0.0
+    return x
+
+
+def param_list(
+    sizes: tuple[int, ...] = (0, 1, 768, 3072, 70_000, 590_000), device: str = "cpu"
+) -> list[torch.Tensor]:
+    """230 tensors, more than one launch table (200), cycling through ``sizes`` (multiples of
+    16, or < 16) and the dtypes, every 7th transposed, every 5th with special values."""
+    xs = []
+    for i in range(230):
+        n = sizes[i % len(sizes)]
+        x = weights_like(n, DTYPES[i % 4], seed=100 + i, specials=i % 5 == 0, device=device)
+        if i % 7 == 0 and n >= 768:
+            x = x.reshape(-1, 16).t()
+        xs.append(x)
+    return xs
