@@ -251,6 +251,14 @@ __device__ __forceinline__ void hist_add(HistCtx& h, CT v, bool ok) {
   }
 }
 
+// Minimum and maximum of two finite values: one FMNMX for float (which of -0 and +0 comes out is
+// not specified; the engine's min and max compare zeros as equal, as on the CPU); double keeps
+// the compare and select, which is shorter than fmin's NaN handling there.
+__device__ __forceinline__ float min_ct(float a, float b) { return fminf(a, b); }
+__device__ __forceinline__ double min_ct(double a, double b) { return b < a ? b : a; }
+__device__ __forceinline__ float max_ct(float a, float b) { return fmaxf(a, b); }
+__device__ __forceinline__ double max_ct(double a, double b) { return b > a ? b : a; }
+
 __device__ __forceinline__ bool is_finite_ct(float x) { return fabsf(x) <= 3.402823466e+38f; }
 __device__ __forceinline__ bool is_finite_ct(double x) {
   return fabs(x) <= 1.7976931348623157e+308;
@@ -329,7 +337,10 @@ __device__ __forceinline__ void consume(Acc<CT>& a, HistCtx& h, const CT (&v)[N]
     if (all_ok) {
       CT p1 = CT(0), p2 = CT(0), p3 = CT(0), p4 = CT(0), pab = CT(0), psq = CT(0);
       CT gmn = v[0], gmx = v[0];
-      int32_t zeros = 0;
+      // float inputs count zeros in a float (exact: at most N), FSET and FADD per value instead
+      // of a compare and two integer instructions
+      using ZT = std::conditional_t<std::is_same_v<CT, float>, float, int32_t>;
+      ZT zeros = ZT(0);
 #pragma unroll
       for (int j = 0; j < N; ++j) {
         const CT xs = v[j] * a.scale;
@@ -341,14 +352,14 @@ __device__ __forceinline__ void consume(Acc<CT>& a, HistCtx& h, const CT (&v)[N]
         p4 += d2 * d2;
         pab += abs_ct(v[j]);
         psq += xs * xs;
-        gmn = v[j] < gmn ? v[j] : gmn;
-        gmx = v[j] > gmx ? v[j] : gmx;
-        zeros += (v[j] == CT(0)) ? 1 : 0;
+        gmn = min_ct(gmn, v[j]);  // all finite here: FMNMX instead of a compare and a select
+        gmx = max_ct(gmx, v[j]);
+        zeros += (v[j] == CT(0)) ? ZT(1) : ZT(0);
       }
       fast = is_finite_ct(p4) && is_finite_ct(psq) && is_finite_ct(pab);
       if (fast) {
         a.n += N;
-        a.zero += zeros;
+        a.zero += static_cast<int32_t>(zeros);
         a.mn = gmn < a.mn ? gmn : a.mn;
         a.mx = gmx > a.mx ? gmx : a.mx;
         a.s1 += static_cast<double>(p1);
