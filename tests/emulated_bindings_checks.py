@@ -108,7 +108,9 @@ def _param_list() -> list[torch.Tensor]:
 
 @pytest.mark.parametrize(
     "kw",
-    [{}, {"mantissa_bits": 3}, {"mantissa_bits": 7}, {"bins": 64}, {"bins": 64, "range": (0, 0.5)}],
+    # log totals, device-computed edges, a uniform total (the kernels' side of every option is
+    # covered by test_cuda_emulated.py; this checks the dispatch and the fetches)
+    [{"mantissa_bits": 7}, {"bins": 64}, {"bins": 64, "range": (0, 0.5)}],
 )
 def test_describe_many_matches_cpu_per_tensor_and_total(kw: dict) -> None:
     xs = _param_list()

@@ -58,9 +58,7 @@ DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Build the emulated kernels and the driver once per test session (about 20 s)."""
-    cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-    if cxx is None:
-        pytest.skip("no C++ compiler on PATH")
+    cxx = _cxx()
     out = tmp_path_factory.mktemp("cuda_emu")
     common = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'csrc' / 'include'}"]
     emulated = [
@@ -94,22 +92,30 @@ def emu(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return exe
 
 
-@pytest.fixture(scope="module")
-def emu_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``pyweightstat._C`` with its CUDA engine compiled against the emulator (about 40 s)."""
+# AddressSanitizer + UndefinedBehaviorSanitizer, aborting at the first report.
+SANITIZE = ["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
+SANITIZE += ["-fno-omit-frame-pointer"]
+SANITIZER_ENV = {"ASAN_OPTIONS": "detect_leaks=0:detect_stack_use_after_return=0"}
+
+
+def _cxx() -> str:
     cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
     if cxx is None:
         pytest.skip("no C++ compiler on PATH")
+    return cxx
+
+
+def _module_flags(extra: list[str]) -> tuple[list[str], list[str]]:
+    """Compiler flags of the emulated module's host (C++) and emulated (.cu) sources."""
     import pybind11  # in the test extras: the module is built here, outside the package build
 
-    out = tmp_path_factory.mktemp("cuda_emu_module")
     includes = [
         f"-I{ROOT / 'csrc' / 'include'}",
         f"-I{sysconfig.get_paths()['include']}",
         f"-I{pybind11.get_include()}",
     ]
     # -O1: the CPU engine is only needed for the dispatch here, not for speed
-    base = ["-std=c++17", "-O1", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra"]
+    base = ["-std=c++17", "-O1", "-fPIC", "-fvisibility=hidden", "-Wall", "-Wextra", *extra]
     host = [*base, "-Wno-unknown-pragmas", "-DPWS_HAVE_CUDA=1", '-DPWS_VERSION="emu"', *includes]
     emulated = [
         *base,
@@ -121,30 +127,56 @@ def emu_module(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "-x",
         "c++",
     ]
-    srcs = [
-        *(ROOT / "csrc" / "cpu" / f for f in ("describe.cpp", "distances.cpp")),
-        *(
-            ROOT / "csrc" / "bindings" / f
-            for f in (
-                "module.cpp",
-                "dlpack_view.cpp",
-                "register_stats.cpp",
-                "register_distances.cpp",
-                "register_cuda.cpp",
-            )
-        ),
-    ]
-    units = [(host, s) for s in srcs] + [
+    return host, emulated
+
+
+def _compile_all(units: list[tuple[list[str], Path]], out: Path) -> list[Path]:
+    cxx = _cxx()
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        return list(pool.map(lambda u: _compile(cxx, u[0], u[1], out), units))
+
+
+@pytest.fixture(scope="module")
+def shared_objects(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The objects both emulated modules share: the CPU engine and the bindings other than
+    register_cuda.cpp (not what these modules test; compiled once, without sanitizers)."""
+    host, _ = _module_flags([])
+    srcs = [ROOT / "csrc" / "cpu" / f for f in ("describe.cpp", "distances.cpp")]
+    bindings = ("module.cpp", "dlpack_view.cpp", "register_stats.cpp", "register_distances.cpp")
+    srcs += [ROOT / "csrc" / "bindings" / f for f in bindings]
+    return _compile_all([(host, s) for s in srcs], tmp_path_factory.mktemp("cuda_emu_shared"))
+
+
+def _build_module(out: Path, extra: list[str], shared: list[Path]) -> Path:
+    """``pyweightstat._C`` with its CUDA engine compiled against the emulator, in ``out``; the
+    CUDA bindings and the emulated CUDA sources get the ``extra`` flags."""
+    host, emulated = _module_flags(extra)
+    units = [(host, ROOT / "csrc" / "bindings" / "register_cuda.cpp")]
+    units += [
         (emulated, ROOT / "csrc" / "cuda" / f) for f in ("describe_cuda.cu", "distances_cuda.cu")
     ]
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        objs = list(pool.map(lambda u: _compile(cxx, u[0], u[1], out), units))
+    objs = [*shared, *_compile_all(units, out)]
     so = out / ("_C" + sysconfig.get_config_var("EXT_SUFFIX"))
     r = subprocess.run(
-        [cxx, "-shared", *map(str, objs), "-o", str(so)], capture_output=True, text=True
+        [_cxx(), "-shared", *extra, *map(str, objs), "-o", str(so)], capture_output=True, text=True
     )
     assert r.returncode == 0, r.stderr
     return so
+
+
+@pytest.fixture(scope="module")
+def emu_module(tmp_path_factory: pytest.TempPathFactory, shared_objects: list[Path]) -> Path:
+    """The emulated ``pyweightstat._C``."""
+    return _build_module(tmp_path_factory.mktemp("cuda_emu_module"), [], shared_objects)
+
+
+@pytest.fixture(scope="module")
+def emu_module_sanitized(
+    tmp_path_factory: pytest.TempPathFactory, shared_objects: list[Path]
+) -> Path:
+    """The emulated ``pyweightstat._C`` with its bindings and CUDA sources under ASan + UBSan."""
+    out = tmp_path_factory.mktemp("cuda_emu_module_san")
+    return _build_module(out, SANITIZE, shared_objects)
 
 
 def _compile(cxx: str, flags: list[str], src: Path, out: Path) -> Path:
@@ -170,22 +202,46 @@ sys.exit(pytest.main(sys.argv[1:]))
 """
 
 
-def test_cuda_bindings_on_the_emulator(emu_module: Path) -> None:
-    # tests/emulated_bindings_checks.py: describe/describe_many/quantile on "CUDA" inputs,
-    # CudaPlan + fetch_many, scattered windows, totals, refused inputs; see its docstring.
+def _run_inner(module: Path, args: list[str], env: dict[str, str]) -> None:
     inner = ROOT / "tests" / "emulated_bindings_checks.py"
+    cmd = [sys.executable, "-c", _INNER_LOADER, "-q", "-p", "no:cacheprovider", "-rfEs"]
     r = subprocess.run(
-        [sys.executable, "-c", _INNER_LOADER, "-q", "-p", "no:cacheprovider", "-rfEs", str(inner)],
+        [*cmd, str(inner), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
-        env={**os.environ, "PWS_EMU_MODULE": str(emu_module)},
+        env={**os.environ, **env, "PWS_EMU_MODULE": str(module)},
         timeout=1200,
     )
     tail = r.stdout[-8000:] + r.stderr[-4000:]
     assert r.returncode == 0, tail
     summary = r.stdout.strip().splitlines()[-1]
     assert re.search(r"\b\d+ passed\b", summary) and "skipped" not in summary, tail
+
+
+def test_cuda_bindings_on_the_emulator(emu_module: Path) -> None:
+    # tests/emulated_bindings_checks.py: describe/describe_many/quantile on "CUDA" inputs,
+    # CudaPlan + fetch_many, scattered windows, totals, refused inputs; see its docstring.
+    _run_inner(emu_module, [], {})
+
+
+def test_cuda_bindings_under_address_and_undefined_behaviour_sanitizers(
+    emu_module_sanitized: Path,
+) -> None:
+    # The fetch path (pinned staging, WindowRows' dense and per-window copies, fetch_many) and
+    # the launches with byte-exact device buffers; the sanitizer runtimes are preloaded into the
+    # interpreter. The larger describe_many cases are left to the run above.
+    runtimes = []
+    for lib in ("libasan.so", "libubsan.so"):
+        path = subprocess.run(
+            [_cxx(), f"-print-file-name={lib}"], capture_output=True, text=True
+        ).stdout.strip()
+        assert os.path.isabs(path), f"the compiler has no {lib}: {path!r}"
+        runtimes.append(path)
+    keep = "plan or scattered or moments_only or share or quantiles or refused or deferred"
+    _run_inner(
+        emu_module_sanitized, ["-k", keep], {**SANITIZER_ENV, "LD_PRELOAD": ":".join(runtimes)}
+    )
 
 
 def _pad(b: bytes) -> bytes:
@@ -566,12 +622,9 @@ def test_layout_that_cannot_be_merged_is_refused(emu: Path, tmp_path: Path) -> N
 @pytest.fixture(scope="module")
 def emu_sanitized(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The driver built with AddressSanitizer and UndefinedBehaviorSanitizer (about 30 s)."""
-    cxx = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
-    if cxx is None:
-        pytest.skip("no C++ compiler on PATH")
+    cxx = _cxx()
     out = tmp_path_factory.mktemp("cuda_emu_san")
-    san = ["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
-    san += ["-fno-omit-frame-pointer"]
+    san = SANITIZE
     common = ["-std=c++17", "-O1", *san, "-Wall", "-Wextra", f"-I{ROOT / 'csrc' / 'include'}"]
     emulated = [
         *common,
@@ -616,8 +669,7 @@ def test_kernels_under_address_and_undefined_behaviour_sanitizers(
     counts = rng.integers(0, 50, size=(9, 300)).astype(np.int64)
     counts[5] = 0
     cases += [Distances(counts, np.linspace(-1.0, 1.0, 300), metric) for metric in range(5)]
-    env = {"ASAN_OPTIONS": "detect_leaks=0:detect_stack_use_after_return=0"}
-    results = run(emu_sanitized, cases, tmp_path, env=env)  # asserts a clean exit
+    results = run(emu_sanitized, cases, tmp_path, env=SANITIZER_ENV)  # asserts a clean exit
     for case, res in zip(cases, results, strict=True):
         if isinstance(case, Describe):  # and the results are still right
             assert isinstance(res, DescribeResult), res
