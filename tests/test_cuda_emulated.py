@@ -3,8 +3,9 @@
 Most machines that run these tests (CI included) have no GPU, so ``tests/test_cuda.py`` is
 skipped there. Here the engine's own launchers and kernels (``describe_cuda.cu``,
 ``distances_cuda.cu``) are compiled with ``-DPWS_CUDA_EMULATION`` against
-``tests/cpp/cuda_emu`` (every CUDA thread a fiber; barriers, warp shuffles, ballots, matches and
-atomics with their CUDA meaning; deadlocks and partial warps reported) and driven by
+``tests/cpp/cuda_emu`` (every CUDA thread a fiber, scheduled warp by warp or round robin;
+barriers, warp shuffles, ballots, matches and atomics with their CUDA meaning; deadlocks, partial
+warps and mismatched collectives reported; stream work queued until the host waits) and driven by
 ``tests/cpp/cuda_emu_check.cpp``. Their raw device results are checked against the float64
 references and the CPU engine, as the GPU tests do: every count and histogram exactly, moments
 within the SPEC bounds, bin edges bit for bit, and the same bits under different thread
@@ -57,7 +58,7 @@ DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat
 # ------------------------------------------------------------------------------ the driver
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Build the emulated kernels and the driver once per test session (about 20 s)."""
+    """Build the emulated kernels and the driver once for this module (about 20 s)."""
     cxx = _cxx()
     out = tmp_path_factory.mktemp("cuda_emu")
     common = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'csrc' / 'include'}"]
@@ -65,6 +66,7 @@ def emu(tmp_path_factory: pytest.TempPathFactory) -> Path:
         *common,
         "-Wno-unknown-pragmas",  # #pragma unroll
         "-DPWS_CUDA_EMULATION",
+        *EMULATION_FLAGS,
         f"-I{ROOT / 'tests' / 'cpp' / 'cuda_emu'}",  # before any CUDA toolkit header
         "-x",
         "c++",
@@ -92,6 +94,9 @@ def emu(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return exe
 
 
+# The emulated sources: no fused multiply-adds the device code did not ask for (the edges must be
+# np.linspace's bits on every host), and byte buffers read as wider types.
+EMULATION_FLAGS = ["-ffp-contract=off", "-fno-strict-aliasing"]
 # AddressSanitizer + UndefinedBehaviorSanitizer, aborting at the first report.
 SANITIZE = ["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
 SANITIZE += ["-fno-omit-frame-pointer"]
@@ -122,6 +127,7 @@ def _module_flags(extra: list[str]) -> tuple[list[str], list[str]]:
         "-Werror",
         "-Wno-unknown-pragmas",
         "-DPWS_CUDA_EMULATION",
+        *EMULATION_FLAGS,
         f"-I{ROOT / 'tests' / 'cpp' / 'cuda_emu'}",
         *includes,
         "-x",
@@ -269,13 +275,17 @@ class Describe:
             struct.pack("<4q2d2q", *head, self.lo, self.hi, self.total, len(self.xs)),
         ]
         for x in self.xs:
+            # only the bytes the view spans (torch strides are >= 0): a sanitizer build of the
+            # driver then reports any read outside the view, even inside its storage
+            span = 1 + sum((n - 1) * st for n, st in zip(x.shape, x.stride(), strict=True))
+            span = span if x.numel() > 0 else 0
+            start = x.storage_offset() * x.element_size()
             storage = x.untyped_storage()
             raw = torch.empty(0, dtype=torch.uint8).set_(storage, 0, (storage.nbytes(),))
-            parts.append(
-                struct.pack("<4q", DTYPE_CODE[x.dtype], x.dim(), x.storage_offset(), raw.numel())
-            )
+            data = raw[start : start + span * x.element_size()].numpy().tobytes()
+            parts.append(struct.pack("<4q", DTYPE_CODE[x.dtype], x.dim(), 0, len(data)))
             parts.append(struct.pack(f"<{2 * x.dim()}q", *x.shape, *x.stride()))
-            parts.append(_pad(raw.numpy().tobytes()))
+            parts.append(_pad(data))
         if self.edge_mode == EDGES_EXPLICIT:
             assert self.edges is not None
             parts.append(np.ascontiguousarray(self.edges, np.float64).tobytes())
@@ -516,7 +526,8 @@ def test_scale_extremes_and_large_offset(
 
 
 # ------------------------------------------------------------------------------ uniform
-@pytest.mark.parametrize("bins", [1, 7, 256, 20000])  # 20000: counters in global memory
+# 4000: shared counters with the opt-in above 48 KB; 20000: counters in global memory
+@pytest.mark.parametrize("bins", [1, 7, 256, 4000, 20000])
 def test_uniform_histograms_every_edge_mode(emu: Path, tmp_path: Path, bins: int) -> None:
     xs = [
         _data(CHUNK + 333, torch.float32, seed=bins),
@@ -578,35 +589,68 @@ def test_describe_many_matches_cpu_per_tensor_and_total(emu: Path, tmp_path: Pat
     assert res.total.hist == cpu_total.hist
 
 
+def _fused_launches(trace: Path) -> list[dict[str, int]]:
+    """Every launch of a PWS_EMU_TRACE file: its dynamic shared memory and kernel attribute."""
+    out = []
+    for line in trace.read_text().splitlines():
+        f = dict(kv.split("=") for kv in line.split()[1:])
+        out.append({"smem": int(f["smem"]), "attr": int(f["attr"])})
+    return out
+
+
 def test_global_and_opt_in_shared_counter_paths(emu: Path, tmp_path: Path) -> None:
-    # The same launches on devices with less shared memory: m = 3 counters (16 KB) then go to
-    # global memory (limit 12 KB), and m = 5 (64 KB) needs the opt-in attribute above 48 KB,
-    # which the launcher sets (a launch without it fails, as on a GPU).
+    # Which counters a launch uses, read from the emulator's launch trace: m = 3 (16 KB of
+    # counters) in shared memory; m = 5 (64 KB) in shared memory with the opt-in attribute
+    # raised above the default 48 KB; on a device with 16 KB of shared memory both in global
+    # memory (no dynamic shared memory); the results identical on every path.
     xs = [_data(CHUNK + 4099, torch.float32, seed=3), _data(9000, torch.float16, seed=4)]
-    cases = [Describe(xs, HIST_LOG, m=3), Describe(xs, HIST_LOG, m=5)]
-    default = run(emu, cases, tmp_path)
-    small = run(emu, cases, tmp_path, env={"PWS_EMU_SMEM_OPTIN": str(16 * 1024)})
-    for a, b, m in zip(default, small, [3, 5], strict=True):
-        for x, sa, sb in zip(xs, a.summaries, b.summaries, strict=True):
-            _check_log(sa.hist, x, m)
-            assert sa.hist == sb.hist
-            _same_counts(sa, sb)
+    by_path = {}
+    for label, optin in (("default", None), ("small", 16 * 1024)):
+        for m in (3, 5):
+            trace = tmp_path / f"{label}-{m}.trace"
+            env = {"PWS_EMU_TRACE": str(trace)}
+            if optin is not None:
+                env["PWS_EMU_SMEM_OPTIN"] = str(optin)
+            (res,) = run(emu, [Describe(xs, HIST_LOG, m=m)], tmp_path, env=env)
+            by_path[label, m] = res
+            launches = _fused_launches(trace)
+            smem = [ln["smem"] for ln in launches]
+            need = (5 + ref_log_num_buckets(m)) * 4
+            if optin is None:
+                assert need in smem, (m, smem)  # the fused launches took the shared path
+                if need > 48 * 1024:
+                    assert all(ln["attr"] >= need for ln in launches if ln["smem"]), launches
+            else:
+                assert set(smem) == {0}, (m, smem)  # nothing fits: global counters
+    for m in (3, 5):
+        pairs = zip(xs, by_path["default", m].summaries, by_path["small", m].summaries, strict=True)
+        for x, a, b in pairs:
+            _check_log(a.hist, x, m)
+            assert a.hist == b.hist
+            _same_counts(a, b)
 
 
-def test_results_are_bit_identical_under_other_interleavings(emu: Path, tmp_path: Path) -> None:
-    # Threads switch at random atomics (seeded): the states and every histogram record must not
-    # depend on the order in which the threads of a block run.
+@pytest.mark.parametrize("schedule", ["warp", "warp-reverse", "thread"])
+def test_results_do_not_depend_on_the_thread_order(
+    emu: Path, tmp_path: Path, schedule: str
+) -> None:
+    # The emulator runs a block's threads warp by warp (from either end) or round robin, and
+    # switches at random atomics (seeded): every order must give the right results, and the same
+    # bits (states and every histogram record).
     xs = [*_param_list()[:40], _data(3 * CHUNK + 5, torch.float32, seed=9)]
     cases = [Describe(xs, HIST_LOG, m=3, total=2), Describe(xs, HIST_LOG, m=10, total=2)]
-    runs = [
-        run(emu, cases, tmp_path, env={"PWS_EMU_SEED": str(seed), "PWS_EMU_YIELD_EVERY": "3"})
-        for seed in (1, 2)
-    ]
-    for a, b in zip(*runs, strict=True):
+    runs = []
+    for seed in (1, 2):
+        env = {"PWS_EMU_SCHEDULE": schedule, "PWS_EMU_SEED": str(seed), "PWS_EMU_YIELD_EVERY": "3"}
+        runs.append(run(emu, cases, tmp_path, env=env))
+    for m, a, b in zip((3, 10), *runs, strict=True):
         np.testing.assert_array_equal(a.records, b.records)
-        for sa, sb in zip(a.summaries, b.summaries, strict=True):
+        for x, sa, sb in zip(xs, a.summaries, b.summaries, strict=True):
             assert sa._state()[0].tobytes() == sb._state()[0].tobytes()
             np.testing.assert_array_equal(sa._state()[1], sb._state()[1])
+            _same_counts(sa, pws.describe(x))
+            assert sa.hist == pws.log_histogram(x, mantissa_bits=m)
+        assert a.total.hist == pws.describe_many(xs, mantissa_bits=m, total=True)[1].hist
 
 
 def test_layout_that_cannot_be_merged_is_refused(emu: Path, tmp_path: Path) -> None:
@@ -630,6 +674,7 @@ def emu_sanitized(tmp_path_factory: pytest.TempPathFactory) -> Path:
         *common,
         "-Wno-unknown-pragmas",
         "-DPWS_CUDA_EMULATION",
+        *EMULATION_FLAGS,
         f"-I{ROOT / 'tests' / 'cpp' / 'cuda_emu'}",
         "-x",
         "c++",

@@ -124,6 +124,7 @@ void run_describe(Reader& in, Writer& out) {
   cu::launch_describe(entries, req, L, result, scratch, nullptr,
                       host_edges.empty() ? nullptr : host_edges.data());
   if (total > 0) cu::launch_total(req, L, result, nullptr, total > 1);
+  cu::stream_synchronize(nullptr);  // the work is only queued until the host waits for it
   out.i64(0);
   out.i64(L.tensors);
   out.i64(L.nb);
@@ -178,8 +179,10 @@ int main(int argc, char** argv) {
       try {
         if (kind == 0) {
           run_describe(in, out);
-        } else {
+        } else if (kind == 1) {
           run_distances(in, out);
+        } else {
+          throw std::runtime_error("unknown case kind " + std::to_string(kind));
         }
       } catch (const std::exception& e) {  // a CUDA error or a refused input: reported per case
         out.out.resize(mark);
@@ -187,7 +190,7 @@ int main(int argc, char** argv) {
         const std::string msg = e.what();
         out.i64(static_cast<int64_t>(msg.size()));
         out.put(msg.data(), msg.size());
-        if (kind != 0) break;  // cannot resynchronise on a distances case's input
+        if (kind != 0 && kind != 1) break;  // its input cannot be skipped
       }
     }
   } catch (const std::exception& e) {

@@ -2,25 +2,45 @@
 // without a GPU (tests only; never part of the extension).
 //
 // The .cu files are compiled as C++ with -DPWS_CUDA_EMULATION and this folder first on the include
-// path (its cuda_runtime.h / cuda_fp16.h replace the toolkit's). Every CUDA thread of a block runs
-// as a cooperative fiber (ucontext) on one OS thread; blocks run one after another. Fibers switch
-// at __syncthreads, at every warp collective (shuffles, ballot, match) and, pseudo-randomly, at
-// atomics, so barriers and warp exchanges have their CUDA meaning:
+// path (its cuda_runtime.h / cuda_fp16.h replace the toolkit's); compile them with
+// -ffp-contract=off (no fused multiply-adds the device code did not ask for) and
+// -fno-strict-aliasing (the kernels read byte buffers as wider types).
+//
+// Threads. Every CUDA thread of a block runs as a cooperative fiber (ucontext, its own mmap'ed
+// stack behind a guard page) on one OS thread; blocks run one after another. Fibers switch at
+// __syncthreads, at every warp collective (shuffles, ballot, match) and, pseudo-randomly
+// (PWS_EMU_SEED, PWS_EMU_YIELD_EVERY), at atomics. PWS_EMU_SCHEDULE picks which runnable
+// thread goes next, all orders CUDA allows: "warp" (default: the lowest warp with a runnable lane
+// runs until all its lanes wait, so a missing __syncthreads between two phases of the block
+// shows up), "warp-reverse" (the same from the highest warp), "thread" (round robin by thread).
 //   * __syncthreads waits for every thread of the block that has not exited;
-//   * a warp collective needs all 32 lanes (the kernels only use full masks: anything else, or a
-//     lane that exited, is reported as an error);
-//   * a barrier that can never be passed (a divergent __syncthreads, a collective a lane skips)
-//     aborts with a message instead of hanging.
-// Device memory is host memory: cudaMalloc* fills new buffers and every block's dynamic shared
-// memory with a garbage pattern, so reading what a kernel never wrote shows up in the results.
-// Launches check the dynamic shared memory against the kernel's opt-in attribute and the device's
-// limit (PWS_EMU_SMEM_OPTIN bytes, default an H100's 232448) and fail as CUDA would.
+//   * a warp collective needs all 32 lanes at the same kind of collective (the kernels only use
+//     full masks: anything else, a lane that exited, or lanes meeting at different kinds of
+//     collective is reported as an error);
+//   * a barrier that can never be passed aborts with a message instead of hanging.
+//
+// Streams. Work is queued per stream (FIFO) and runs only when the host waits for it:
+// cudaStreamSynchronize, cudaEventSynchronize (the recording stream up to the event),
+// cudaDeviceSynchronize, and the synchronous calls (cudaMemcpy, cudaFree, cudaFreeHost). As on a
+// GPU, a copy to pageable host memory waits for its stream and a copy from pageable host memory
+// takes the source at once; copies to and from cudaHostAlloc memory are queued. So a read of
+// results that forgets to wait for their work reads the garbage below, not the results.
+//
+// Memory. Device memory is host memory. cudaMalloc*, cudaHostAlloc and every block's dynamic
+// shared memory are filled with a garbage pattern and sized to the byte, so reading what was
+// never written shows up in the results, and a sanitizer build reports overruns. Launches check
+// the grid, the block and the dynamic shared memory against the kernel's opt-in attribute and the
+// device's limit (PWS_EMU_SMEM_OPTIN bytes, default an H100's 232448) and fail as CUDA would.
+// PWS_EMU_TRACE=path appends one line per launch (grid, block, dynamic shared memory, the
+// kernel's attribute) for tests that check which path a launch took.
 //
 // What it cannot show: timing, memory-model effects between blocks running at once, static
-// __shared__ arrays left uninitialised (they keep the previous block's values), and float
-// rounding of the GPU's fused multiply-adds (host arithmetic is plain IEEE without contraction).
+// __shared__ arrays left uninitialised (they keep the previous block's values), the GPU's own
+// float rounding where the device code fuses operations, and ordering between streams other than
+// through events. One global lock serialises every runtime call.
 #pragma once
 #include <math.h>
+#include <sys/mman.h>
 #include <ucontext.h>
 
 #include <cmath>
@@ -29,8 +49,14 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <exception>
 #include <functional>
 #include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -59,6 +85,7 @@ enum cudaError_t : int {
   cudaSuccess = 0,
   cudaErrorInvalidValue = 1,
   cudaErrorMemoryAllocation = 2,
+  cudaErrorInvalidConfiguration = 9,
   cudaErrorLaunchFailure = 719,
 };
 enum cudaMemcpyKind : int {
@@ -104,6 +131,7 @@ struct Barrier {
 struct Warp {
   uint64_t slot[32];
   Barrier bar;
+  int op = 0;  // the kind of collective the lanes that arrived so far are at (0: none)
 };
 
 // One block's fibers and their scheduler.
@@ -113,7 +141,7 @@ struct Block {
   Barrier block_bar;
   int live = 0;
   int cur = -1;
-  ucontext_t sched;
+  ucontext_t sched{};
   const std::function<void()>* body = nullptr;
   unsigned char* dyn_smem = nullptr;
 };
@@ -127,7 +155,7 @@ inline uint3 g_thread_idx{0, 0, 0};
 inline uint3 g_block_idx{0, 0, 0};
 inline dim3 g_block_dim{1, 1, 1};
 inline dim3 g_grid_dim{1, 1, 1};
-inline cudaError_t g_last_error = cudaSuccess;
+inline thread_local cudaError_t g_last_error = cudaSuccess;
 inline uint64_t g_rng = 0x9E3779B97F4A7C15ull;
 
 [[noreturn]] inline void die(const char* what) {
@@ -136,8 +164,13 @@ inline uint64_t g_rng = 0x9E3779B97F4A7C15ull;
   std::abort();
 }
 
-inline void set_error(cudaError_t e) {
-  if (g_last_error == cudaSuccess) g_last_error = e;
+inline void set_error(cudaError_t e) { g_last_error = e; }  // the latest error, per host thread
+
+// The emulator's global state is never destroyed: the extension's own static objects (its pinned
+// staging buffer) call the runtime while the process exits.
+inline std::recursive_mutex& runtime_mutex() {
+  static auto* m = new std::recursive_mutex;
+  return *m;
 }
 
 inline size_t env_size(const char* name, size_t fallback) {
@@ -219,10 +252,14 @@ inline T from_slot(uint64_t bits) {
 
 // Deposit this lane's value, wait for the warp, compute the result with `read` (it sees every
 // lane's slot), wait again so no lane overwrites a slot another lane still has to read.
+enum Op : int { kShfl = 1, kShflDown, kShflXor, kBallot, kMatchAny };
+
 template <class R, class Read>
-inline R collective(unsigned mask, uint64_t mine, Read read) {
+inline R collective(int op, unsigned mask, uint64_t mine, Read read) {
   check_full_mask(mask);
   Warp& w = this_warp();
+  if (w.bar.count == 0) w.op = op;
+  if (w.op != op) die("lanes of a warp meet at different kinds of warp collective");
   w.slot[g_thread_idx.x % 32] = mine;
   arrive(w.bar, 32);
   const R r = read(w.slot, static_cast<int>(g_thread_idx.x % 32));
@@ -232,7 +269,11 @@ inline R collective(unsigned mask, uint64_t mine, Read read) {
 
 inline void fiber_entry() {
   Block& b = *current_block();
-  (*b.body)();
+  try {
+    (*b.body)();
+  } catch (...) {  // would otherwise unwind through the makecontext frame
+    die("an exception escaped a kernel");
+  }
   Fiber& f = b.fibers[static_cast<size_t>(b.cur)];
   f.done = true;
   --b.live;
@@ -259,33 +300,116 @@ __attribute__((noinline)) inline void resume(Block& b, size_t t) {
 }
 
 inline std::map<const void*, size_t>& smem_attributes() {
-  static std::map<const void*, size_t> m;
-  return m;
+  static auto* m = new std::map<const void*, size_t>;
+  return *m;
 }
 
-inline std::vector<char>& stacks() {
-  static std::vector<char> s;
+// Fiber stacks, each behind a PROT_NONE guard page (an overflow faults instead of writing into
+// the neighbouring fiber's stack). Grown on demand, never freed.
+struct Stacks {
+  char* base = nullptr;
+  size_t count = 0;
+  static constexpr size_t kGuard = 4096;
+  char* get(size_t t) {
+    if (t >= count) grow(t + 1);
+    return base + t * (kGuard + kStackBytes) + kGuard;
+  }
+  void grow(size_t n) {
+    n = n < 1024 ? 1024 : n;
+    const size_t bytes = n * (kGuard + kStackBytes);
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) die("cannot map fiber stacks");
+    for (size_t i = 0; i < n; ++i) {
+      if (mprotect(static_cast<char*>(p) + i * (kGuard + kStackBytes), kGuard, PROT_NONE) != 0)
+        die("cannot protect a fiber stack guard page");
+    }
+    base = static_cast<char*>(p);  // the old mapping is leaked: a fiber might still use it
+    count = n;
+  }
+};
+
+inline Stacks& stacks() {
+  static Stacks s;
   return s;
 }
 
-// Run body() as every thread of every block of the grid.
-inline void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
-                     const std::function<void()>& body) {
+enum class Schedule { kWarp, kWarpReverse, kThread };
+
+inline Schedule schedule() {
+  const char* v = std::getenv("PWS_EMU_SCHEDULE");
+  const std::string s = v != nullptr ? v : "warp";
+  if (s == "warp") return Schedule::kWarp;
+  if (s == "warp-reverse") return Schedule::kWarpReverse;
+  if (s == "thread") return Schedule::kThread;
+  die("PWS_EMU_SCHEDULE must be warp, warp-reverse or thread");
+}
+
+inline bool runnable(const Block& b, size_t t) { return !b.fibers[t].done && !b.fibers[t].blocked; }
+
+// Run the block's threads until all have exited, in the order `how` gives.
+inline void run_block(Block& b, Schedule how) {
+  const size_t threads = b.fibers.size();
+  const size_t nw = b.warps.size();
+  while (b.live > 0) {
+    bool ran = false;
+    if (how == Schedule::kThread) {
+      for (size_t t = 0; t < threads; ++t) {
+        if (!runnable(b, t)) continue;
+        ran = true;
+        resume(b, t);
+      }
+    } else {
+      // the first warp (in order) with a runnable lane runs until none of its lanes can
+      for (size_t k = 0; k < nw && !ran; ++k) {
+        const size_t w = how == Schedule::kWarp ? k : nw - 1 - k;
+        for (bool any = true; any;) {
+          any = false;
+          for (size_t t = w * 32; t < threads && t < w * 32 + 32; ++t) {
+            if (!runnable(b, t)) continue;
+            any = ran = true;
+            resume(b, t);
+          }
+        }
+      }
+    }
+    if (!ran) {
+      g_thread_idx = uint3{0, 0, 0};
+      die("deadlock: every live thread waits at a barrier or warp collective that cannot open");
+    }
+  }
+}
+
+inline void trace_launch(dim3 grid, dim3 block, size_t smem, size_t allowed) {
+  const char* path = std::getenv("PWS_EMU_TRACE");
+  if (path == nullptr || *path == '\0') return;
+  FILE* f = std::fopen(path, "a");
+  if (f == nullptr) return;
+  std::fprintf(f, "launch grid=%u,%u block=%u smem=%zu attr=%zu\n", grid.x, grid.y, block.x, smem,
+               allowed);
+  std::fclose(f);
+}
+
+// Whether a launch of `kernel` with this configuration may start (else the CUDA error).
+inline cudaError_t check_launch(const void* kernel, dim3 grid, dim3 block, size_t smem) {
   const size_t threads = static_cast<size_t>(block.x) * block.y * block.z;
   if (block.y != 1 || block.z != 1 || grid.z != 1)
     die("only 1-D blocks and 2-D grids are emulated");
-  if (threads == 0 || threads > 1024 || grid.x == 0 || grid.y == 0) {
-    set_error(cudaErrorInvalidValue);
-    return;
+  if (threads == 0 || threads > 1024 || grid.x == 0 || grid.y == 0 || grid.y > 65535) {
+    return cudaErrorInvalidConfiguration;
   }
   const auto it = smem_attributes().find(kernel);
   const size_t allowed = it != smem_attributes().end() ? it->second : kDefaultSmem;
-  if (smem > allowed || smem > smem_optin()) {  // cudaErrorInvalidValue, as on the device
-    set_error(cudaErrorInvalidValue);
-    return;
-  }
-  if (stacks().size() < threads * kStackBytes) stacks().resize(threads * kStackBytes);
+  if (smem > allowed || smem > smem_optin()) return cudaErrorInvalidValue;
+  trace_launch(grid, block, smem, allowed);
+  return cudaSuccess;
+}
+
+// Run body() as every thread of every block of the grid.
+inline void run_grid(dim3 grid, dim3 block, size_t smem, const std::function<void()>& body) {
+  const size_t threads = block.x;
+  for (size_t t = 0; t < threads; ++t) stacks().get(t);
   std::vector<unsigned char> dyn(smem > 0 ? smem : 1);
+  const Schedule how = schedule();
   Block b;
   b.body = &body;
   b.dyn_smem = dyn.data();
@@ -303,42 +427,112 @@ inline void run_grid(const void* kernel, dim3 grid, dim3 block, size_t smem,
       for (size_t t = 0; t < threads; ++t) {
         Fiber& f = b.fibers[t];
         f.tid = static_cast<unsigned>(t);
-        make_fiber(f, stacks().data() + t * kStackBytes, &b.sched);
+        make_fiber(f, stacks().get(t), &b.sched);
       }
-      while (b.live > 0) {
-        bool ran = false;
-        for (size_t t = 0; t < threads; ++t) {
-          if (b.fibers[t].done || b.fibers[t].blocked) continue;
-          ran = true;
-          resume(b, t);
-        }
-        if (!ran) {
-          g_thread_idx = uint3{0, 0, 0};
-          die("deadlock: every live thread waits at a barrier or warp collective that cannot open");
-        }
-      }
+      run_block(b, how);
       b.cur = -1;
     }
   }
   current_block() = nullptr;
 }
 
+// ---------------------------------------------------------------- streams
+using Work = std::function<void()>;
+
+struct StreamQueue {
+  std::deque<Work> q;
+};
+
+// An event completes when the stream reaches its latest record (an earlier record of the same
+// event reached later does not complete it, as in CUDA).
+struct EventState {
+  uint64_t recorded = 0;   // records so far
+  uint64_t completed = 0;  // the latest record the stream has reached
+  StreamQueue* stream = nullptr;
+  bool done() const { return completed == recorded; }
+};
+
+inline StreamQueue& legacy_stream() {
+  static auto* s = new StreamQueue;
+  return *s;
+}
+
+inline std::set<StreamQueue*>& streams() {
+  static auto* s = new std::set<StreamQueue*>{&legacy_stream()};
+  return *s;
+}
+
+inline StreamQueue& queue_of(cudaStream_t s) {
+  return s == nullptr ? legacy_stream() : *reinterpret_cast<StreamQueue*>(s);
+}
+
+inline void enqueue(cudaStream_t s, Work w) {
+  std::lock_guard<std::recursive_mutex> lock(runtime_mutex());
+  queue_of(s).q.push_back(std::move(w));
+}
+
+inline bool run_one(StreamQueue& s) {
+  if (s.q.empty()) return false;
+  Work w = std::move(s.q.front());
+  s.q.pop_front();
+  w();
+  return true;
+}
+
+inline void drain(StreamQueue& s) {
+  std::lock_guard<std::recursive_mutex> lock(runtime_mutex());
+  while (run_one(s)) {
+  }
+}
+
+inline void drain_all() {
+  std::lock_guard<std::recursive_mutex> lock(runtime_mutex());
+  for (bool any = true; any;) {
+    any = false;
+    for (StreamQueue* s : streams()) any = run_one(*s) || any;
+  }
+}
+
+// cudaHostAlloc blocks: start -> size.
+inline std::map<const char*, size_t>& pinned() {
+  static auto* p = new std::map<const char*, size_t>;
+  return *p;
+}
+
+inline bool is_pinned(const void* ptr) {
+  std::lock_guard<std::recursive_mutex> lock(runtime_mutex());
+  const char* c = static_cast<const char*>(ptr);
+  auto it = pinned().upper_bound(c);
+  if (it == pinned().begin()) return false;
+  --it;
+  return c < it->first + (it->second > 0 ? it->second : 1);
+}
+
 template <class... P>
 struct Launch {
   dim3 grid, block;
   size_t smem;
+  cudaStream_t stream;
   void (*kernel)(P...);
   template <class... A>
   void operator()(A&&... args) const {
-    std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
-    const std::function<void()> body = [&] { std::apply(kernel, params); };
-    run_grid(reinterpret_cast<const void*>(kernel), grid, block, smem, body);
+    const cudaError_t e = check_launch(reinterpret_cast<const void*>(kernel), grid, block, smem);
+    if (e != cudaSuccess) {
+      set_error(e);
+      return;
+    }
+    auto params = std::make_shared<std::tuple<std::decay_t<P>...>>(std::forward<A>(args)...);
+    enqueue(stream, [params, k = kernel, g = grid, b = block, sm = smem] {
+      const std::function<void()> body = [&] { std::apply(k, *params); };
+      run_grid(g, b, sm, body);
+    });
   }
 };
 
 template <class... P>
-inline Launch<P...> launch(dim3 grid, dim3 block, size_t smem, cudaStream_t, void (*kernel)(P...)) {
-  return Launch<P...>{grid, block, smem, kernel};
+inline Launch<P...> launch(dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                           void (*kernel)(P...)) {
+  return Launch<P...>{grid, block, smem, stream, kernel};
 }
 
 template <class T>
@@ -373,44 +567,50 @@ inline void __syncthreads() {
 template <class T>
 inline T __shfl_sync(unsigned mask, T v, int src, int width = 32) {
   if (width != 32) pws_emu::die("__shfl_sync with a width other than 32");
-  return pws_emu::collective<T>(mask, pws_emu::to_slot(v), [src](const uint64_t* s, int) {
-    return pws_emu::from_slot<T>(s[src & 31]);
-  });
+  return pws_emu::collective<T>(
+      pws_emu::kShfl, mask, pws_emu::to_slot(v),
+      [src](const uint64_t* s, int) { return pws_emu::from_slot<T>(s[src & 31]); });
 }
 
 template <class T>
 inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
   if (width != 32) pws_emu::die("__shfl_down_sync with a width other than 32");
-  return pws_emu::collective<T>(mask, pws_emu::to_slot(v), [delta](const uint64_t* s, int lane) {
-    const unsigned src = static_cast<unsigned>(lane) + delta;
-    return pws_emu::from_slot<T>(s[src < 32 ? src : static_cast<unsigned>(lane)]);
-  });
+  return pws_emu::collective<T>(
+      pws_emu::kShflDown, mask, pws_emu::to_slot(v), [delta](const uint64_t* s, int lane) {
+        const unsigned src = static_cast<unsigned>(lane) + delta;
+        return pws_emu::from_slot<T>(s[src < 32 ? src : static_cast<unsigned>(lane)]);
+      });
 }
 
 template <class T>
 inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
   if (width != 32) pws_emu::die("__shfl_xor_sync with a width other than 32");
-  return pws_emu::collective<T>(mask, pws_emu::to_slot(v),
-                                [lane_mask](const uint64_t* s, int lane) {
-                                  return pws_emu::from_slot<T>(s[(lane ^ lane_mask) & 31]);
-                                });
+  return pws_emu::collective<T>(
+      pws_emu::kShflXor, mask, pws_emu::to_slot(v), [lane_mask](const uint64_t* s, int lane) {
+        const int src = lane ^ lane_mask;  // outside the warp: own
+        return pws_emu::from_slot<T>(s[src >= 0 && src < 32 ? src : lane]);
+      });
 }
 
 inline unsigned __ballot_sync(unsigned mask, int pred) {
-  return pws_emu::collective<unsigned>(mask, pred != 0 ? 1u : 0u, [](const uint64_t* s, int) {
-    unsigned r = 0;
-    for (int l = 0; l < 32; ++l) r |= (s[l] != 0 ? 1u : 0u) << l;
-    return r;
-  });
+  return pws_emu::collective<unsigned>(pws_emu::kBallot, mask, pred != 0 ? 1u : 0u,
+                                       [](const uint64_t* s, int) {
+                                         unsigned r = 0;
+                                         for (int l = 0; l < 32; ++l)
+                                           r |= (s[l] != 0 ? 1u : 0u) << l;
+                                         return r;
+                                       });
 }
 
 template <class T>
 inline unsigned __match_any_sync(unsigned mask, T v) {
-  return pws_emu::collective<unsigned>(mask, pws_emu::to_slot(v), [](const uint64_t* s, int lane) {
-    unsigned r = 0;
-    for (int l = 0; l < 32; ++l) r |= (s[l] == s[lane] ? 1u : 0u) << l;
-    return r;
-  });
+  return pws_emu::collective<unsigned>(pws_emu::kMatchAny, mask, pws_emu::to_slot(v),
+                                       [](const uint64_t* s, int lane) {
+                                         unsigned r = 0;
+                                         for (int l = 0; l < 32; ++l)
+                                           r |= (s[l] == s[lane] ? 1u : 0u) << l;
+                                         return r;
+                                       });
 }
 
 template <class T>
@@ -472,6 +672,8 @@ inline const char* cudaGetErrorName(cudaError_t e) {
       return "cudaErrorInvalidValue";
     case cudaErrorMemoryAllocation:
       return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidConfiguration:
+      return "cudaErrorInvalidConfiguration";
     default:
       return "cudaErrorLaunchFailure";
   }
@@ -482,13 +684,21 @@ inline cudaError_t cudaGetLastError() {
   pws_emu::g_last_error = cudaSuccess;
   return e;
 }
+namespace pws_emu {
+inline cudaError_t fail(cudaError_t e) {  // a failing runtime call also sets the last error
+  set_error(e);
+  return e;
+}
+}  // namespace pws_emu
 inline cudaError_t cudaGetDevice(int* d) {
   *d = 0;
   return cudaSuccess;
 }
-inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidValue; }
+inline cudaError_t cudaSetDevice(int d) {
+  return d == 0 ? cudaSuccess : pws_emu::fail(cudaErrorInvalidValue);
+}
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
-  if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin) return cudaErrorInvalidValue;
+  if (attr != cudaDevAttrMaxSharedMemoryPerBlockOptin) return pws_emu::fail(cudaErrorInvalidValue);
   *v = static_cast<int>(pws_emu::smem_optin());
   return cudaSuccess;
 }
@@ -496,72 +706,150 @@ template <class... P>
 inline cudaError_t cudaFuncSetAttribute(void (*kernel)(P...), cudaFuncAttribute attr, int value) {
   if (attr != cudaFuncAttributeMaxDynamicSharedMemorySize || value < 0 ||
       static_cast<size_t>(value) > pws_emu::smem_optin()) {
-    return cudaErrorInvalidValue;
+    return pws_emu::fail(cudaErrorInvalidValue);
   }
+  std::lock_guard<std::recursive_mutex> lock(pws_emu::runtime_mutex());
   pws_emu::smem_attributes()[reinterpret_cast<const void*>(kernel)] = static_cast<size_t>(value);
   return cudaSuccess;
 }
 // Exactly `bytes` (256-byte aligned), so a sanitizer build reports accesses past the end.
 inline cudaError_t cudaMalloc(void** p, size_t bytes) {
-  if (posix_memalign(p, 256, bytes > 0 ? bytes : 1) != 0) return cudaErrorMemoryAllocation;
+  if (posix_memalign(p, 256, bytes > 0 ? bytes : 1) != 0) {
+    return pws_emu::fail(cudaErrorMemoryAllocation);
+  }
   std::memset(*p, pws_emu::kGarbage, bytes);
   return cudaSuccess;
 }
 inline cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
   return cudaMalloc(p, bytes);
 }
-inline cudaError_t cudaFree(void* p) {
+inline cudaError_t cudaFree(void* p) {  // synchronous, as on a GPU
+  pws_emu::drain_all();
   std::free(p);
   return cudaSuccess;
 }
-inline cudaError_t cudaFreeAsync(void* p, cudaStream_t) { return cudaFree(p); }
+inline cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {  // after the stream's queued work
+  pws_emu::enqueue(s, [p] { std::free(p); });
+  return cudaSuccess;
+}
 inline cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned) {
   *p = std::malloc(bytes > 0 ? bytes : 1);
-  return *p != nullptr ? cudaSuccess : cudaErrorMemoryAllocation;
+  if (*p == nullptr) return pws_emu::fail(cudaErrorMemoryAllocation);
+  std::memset(*p, pws_emu::kGarbage, bytes);
+  std::lock_guard<std::recursive_mutex> lock(pws_emu::runtime_mutex());
+  pws_emu::pinned()[static_cast<const char*>(*p)] = bytes;
+  return cudaSuccess;
 }
-inline cudaError_t cudaFreeHost(void* p) {
+inline cudaError_t cudaFreeHost(void* p) {  // synchronous, as on a GPU
+  pws_emu::drain_all();
+  std::lock_guard<std::recursive_mutex> lock(pws_emu::runtime_mutex());
+  pws_emu::pinned().erase(static_cast<const char*>(p));
   std::free(p);
   return cudaSuccess;
 }
-inline cudaError_t cudaMemsetAsync(void* p, int v, size_t bytes, cudaStream_t) {
-  std::memset(p, v, bytes);
+inline cudaError_t cudaMemsetAsync(void* p, int v, size_t bytes, cudaStream_t s) {
+  pws_emu::enqueue(s, [p, v, bytes] { std::memset(p, v, bytes); });
   return cudaSuccess;
 }
 inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+  pws_emu::drain_all();  // synchronous: after all queued work
   std::memcpy(dst, src, bytes);
   return cudaSuccess;
 }
-inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
-                                   cudaStream_t) {
-  return cudaMemcpy(dst, src, bytes, kind);
-}
-inline cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch,
-                                     size_t width, size_t height, cudaMemcpyKind, cudaStream_t) {
-  if (width > dpitch || width > spitch) return cudaErrorInvalidValue;
-  for (size_t r = 0; r < height; ++r) {
-    std::memcpy(static_cast<char*>(dst) + r * dpitch, static_cast<const char*>(src) + r * spitch,
-                width);
+namespace pws_emu {
+// A copy of `height` rows as a GPU would order it on stream s: from pageable host memory the
+// source is taken at once; to pageable host memory the call waits for the stream; everything else
+// is queued.
+inline cudaError_t copy_rows(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width,
+                             size_t height, cudaMemcpyKind kind, cudaStream_t s) {
+  if (height > 0 && (width > dpitch || width > spitch)) return fail(cudaErrorInvalidValue);
+  auto rows = [dst, dpitch, width, height](const char* from, size_t pitch) {
+    for (size_t r = 0; r < height; ++r) {
+      std::memcpy(static_cast<char*>(dst) + r * dpitch, from + r * pitch, width);
+    }
+  };
+  if (kind == cudaMemcpyHostToDevice && !is_pinned(src)) {
+    auto staged = std::make_shared<std::vector<char>>(height * width);
+    for (size_t r = 0; r < height; ++r) {
+      std::memcpy(staged->data() + r * width, static_cast<const char*>(src) + r * spitch, width);
+    }
+    enqueue(s, [staged, rows, width] { rows(staged->data(), width); });
+    return cudaSuccess;
   }
+  if (kind == cudaMemcpyDeviceToHost && !is_pinned(dst)) {
+    drain(queue_of(s));
+    rows(static_cast<const char*>(src), spitch);
+    return cudaSuccess;
+  }
+  enqueue(s, [rows, src, spitch] { rows(static_cast<const char*>(src), spitch); });
   return cudaSuccess;
 }
-// Work runs when it is enqueued: streams and events have nothing to wait for.
-inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
-inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+}  // namespace pws_emu
+inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+                                   cudaStream_t s) {
+  return pws_emu::copy_rows(dst, bytes, src, bytes, bytes, 1, kind, s);
+}
+inline cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch,
+                                     size_t width, size_t height, cudaMemcpyKind kind,
+                                     cudaStream_t s) {
+  return pws_emu::copy_rows(dst, dpitch, src, spitch, width, height, kind, s);
+}
+inline cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  pws_emu::drain(pws_emu::queue_of(s));
+  return cudaSuccess;
+}
+inline cudaError_t cudaDeviceSynchronize() {
+  pws_emu::drain_all();
+  return cudaSuccess;
+}
 inline cudaError_t cudaStreamIsCapturing(cudaStream_t, cudaStreamCaptureStatus* s) {
   *s = cudaStreamCaptureStatusNone;
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
-  static int token;
-  *s = reinterpret_cast<cudaStream_t>(&token);
+  auto* q = new pws_emu::StreamQueue;
+  std::lock_guard<std::recursive_mutex> lock(pws_emu::runtime_mutex());
+  pws_emu::streams().insert(q);
+  *s = reinterpret_cast<cudaStream_t>(q);
   return cudaSuccess;
 }
-inline cudaError_t cudaStreamDestroy(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamDestroy(cudaStream_t s) {  // its queued work still runs, first
+  if (s == nullptr) return pws_emu::fail(cudaErrorInvalidValue);
+  pws_emu::drain(pws_emu::queue_of(s));
+  std::lock_guard<std::recursive_mutex> lock(pws_emu::runtime_mutex());
+  pws_emu::streams().erase(&pws_emu::queue_of(s));
+  delete &pws_emu::queue_of(s);
+  return cudaSuccess;
+}
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
-  static int token;
-  *e = reinterpret_cast<cudaEvent_t>(&token);
+  *e = reinterpret_cast<cudaEvent_t>(
+      new std::shared_ptr<pws_emu::EventState>(std::make_shared<pws_emu::EventState>()));
   return cudaSuccess;
 }
-inline cudaError_t cudaEventRecord(cudaEvent_t, cudaStream_t) { return cudaSuccess; }
-inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
-inline cudaError_t cudaEventDestroy(cudaEvent_t) { return cudaSuccess; }
+namespace pws_emu {
+inline std::shared_ptr<EventState>& event_state(cudaEvent_t e) {
+  return *reinterpret_cast<std::shared_ptr<EventState>*>(e);
+}
+}  // namespace pws_emu
+inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  std::shared_ptr<pws_emu::EventState> st = pws_emu::event_state(e);
+  std::lock_guard<std::recursive_mutex> lock(pws_emu::runtime_mutex());
+  const uint64_t gen = ++st->recorded;
+  st->stream = &pws_emu::queue_of(s);
+  pws_emu::enqueue(s, [st, gen] {
+    if (st->completed < gen) st->completed = gen;
+  });
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  std::shared_ptr<pws_emu::EventState> st = pws_emu::event_state(e);
+  std::lock_guard<std::recursive_mutex> lock(pws_emu::runtime_mutex());
+  while (!st->done()) {
+    if (!pws_emu::run_one(*st->stream)) pws_emu::die("an event that can never complete");
+  }
+  return cudaSuccess;
+}
+inline cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  delete &pws_emu::event_state(e);
+  return cudaSuccess;
+}
