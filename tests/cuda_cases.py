@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+from stats_checks import full_log_counts
+
+import pyweightstat as pws
+from pyweightstat.stats.reference import ref_log_histogram, ref_log_num_buckets
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
@@ -38,3 +43,32 @@ def param_list(
             x = x.reshape(-1, 16).t()
         xs.append(x)
     return xs
+
+
+def plan_inputs(first: int = 1_000_003, device: str = "cpu") -> list[torch.Tensor]:
+    """The inputs of the plan tests: every dtype, an unaligned, a strided and an empty tensor,
+    and one with no special values; the first tensor has ``first`` values."""
+    return [
+        weights_like(first, torch.float32, device=device),
+        weights_like(70_000, torch.bfloat16, 1, device=device),
+        weights_like(5000, torch.float16, 2, device=device),
+        weights_like(3000, torch.float64, 3, device=device),
+        weights_like(40_000, torch.float32, 4, device=device)[1:],  # not 16-byte aligned
+        weights_like(64 * 33, torch.float32, 5, device=device).view(64, 33).t(),  # strided
+        torch.empty(0, device=device),
+        weights_like(3, torch.float32, 6, specials=False, device=device),
+    ]
+
+
+def assert_log_hist_matches_reference(h: pws.Histogram, x: torch.Tensor, m: int) -> None:
+    """Exact counts, counters and window (no empty bucket at either end) against the float64
+    reference, and equality with the CPU engine."""
+    counts, under, over, nan = ref_log_histogram(x, m)
+    np.testing.assert_array_equal(full_log_counts(h, ref_log_num_buckets(m)), counts)
+    assert (h.underflow, h.overflow, h.nan_count) == (under, over, nan)
+    nz = np.flatnonzero(counts)
+    if nz.size:
+        assert h.first == nz[0] and h.counts.size == nz[-1] - nz[0] + 1  # the exact window
+    else:
+        assert h.counts.size == 0
+    assert h == pws.log_histogram(x.cpu(), mantissa_bits=m)

@@ -20,7 +20,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from cuda_cases import DTYPES, param_list, weights_like
+from cuda_cases import DTYPES, param_list, plan_inputs, weights_like
 from stats_checks import assert_summary_matches
 
 import pyweightstat as pws
@@ -134,16 +134,7 @@ def test_results_share_one_buffer_freed_after_the_first_read() -> None:
 
 
 def _plan_inputs() -> list[torch.Tensor]:
-    return [
-        _data(300_007, torch.float32),
-        _data(70_000, torch.bfloat16, 1),
-        _data(5000, torch.float16, 2),
-        _data(3000, torch.float64, 3),
-        _data(40_000, torch.float32, 4)[1:],  # not 16-byte aligned
-        _data(64 * 33, torch.float32, 5).view(64, 33).t(),  # strided
-        torch.empty(0),
-        _data(3, torch.float32, 6, specials=False),
-    ]
+    return plan_inputs(first=300_007)  # smaller than on a GPU
 
 
 def _plan(xs: list[torch.Tensor], hist_kind: int, m: int) -> object:

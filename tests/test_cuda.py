@@ -14,7 +14,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from cuda_cases import DTYPES, param_list, weights_like
+from cuda_cases import (
+    DTYPES,
+    assert_log_hist_matches_reference,
+    param_list,
+    plan_inputs,
+    weights_like,
+)
 from stats_checks import assert_summary_matches, full_log_counts
 
 import pyweightstat as pws
@@ -191,20 +197,6 @@ def test_log_histogram_exact(dtype: torch.dtype, m: int) -> None:
     assert h == pws.log_histogram(x.cpu(), mantissa_bits=m)
 
 
-def _assert_log_hist_matches_reference(h: pws.Histogram, x: torch.Tensor, m: int) -> None:
-    """Exact counts, counters and window (no empty bucket at either end) against the float64
-    reference, and equality with the CPU engine."""
-    counts, under, over, nan = ref_log_histogram(x, m)
-    np.testing.assert_array_equal(full_log_counts(h, ref_log_num_buckets(m)), counts)
-    assert (h.underflow, h.overflow, h.nan_count) == (under, over, nan)
-    nz = np.flatnonzero(counts)
-    if nz.size:
-        assert h.first == nz[0] and h.counts.size == nz[-1] - nz[0] + 1  # the exact window
-    else:
-        assert h.counts.size == 0
-    assert h == pws.log_histogram(x.cpu(), mantissa_bits=m)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 @pytest.mark.parametrize("m", [0, 3, 5, 10])  # m = 10: counters in global memory
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
@@ -222,7 +214,7 @@ def test_log_histogram_random_bit_patterns(dtype: torch.dtype, m: int, layout: s
     x = torch.cat([x, x[torch.isfinite(x)]]).to(DEV)
     if layout == "strided":  # the generic kernel's strided loads
         x = x[: 2 * (x.numel() // 2)].reshape(-1, 2).t()
-    _assert_log_hist_matches_reference(pws.log_histogram(x, mantissa_bits=m), x, m)
+    assert_log_hist_matches_reference(pws.log_histogram(x, mantissa_bits=m), x, m)
 
 
 def test_log_histogram_window_across_chunks() -> None:
@@ -239,7 +231,7 @@ def test_log_histogram_window_across_chunks() -> None:
     for m in (0, 3):
         res = pws.describe_many([x, only_nan], mantissa_bits=m)
         for t, r in zip([x, only_nan], res, strict=True):
-            _assert_log_hist_matches_reference(r.hist, t, m)
+            assert_log_hist_matches_reference(r.hist, t, m)
         assert res[1].hist.counts.size == 0
 
 
@@ -482,16 +474,7 @@ def test_regime_jump_inside_a_chunk_matches_reference() -> None:
 
 # ------------------------------------------------------------------------------ plans
 def _plan_inputs() -> list[torch.Tensor]:
-    return [
-        _data(1_000_003, torch.float32),
-        _data(70_000, torch.bfloat16, 1),
-        _data(5000, torch.float16, 2),
-        _data(3000, torch.float64, 3),
-        _data(40_000, torch.float32, 4)[1:],  # not 16-byte aligned
-        _data(64 * 33, torch.float32, 5).view(64, 33).t(),  # strided
-        torch.empty(0, device=DEV),
-        _data(3, torch.float32, 6, specials=False),
-    ]
+    return plan_inputs(device=DEV)
 
 
 def test_plan_and_fetch_many_match_describe_many() -> None:

@@ -33,8 +33,8 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from cuda_cases import DTYPES, param_list, weights_like
-from stats_checks import assert_summary_matches, full_log_counts
+from cuda_cases import DTYPES, assert_log_hist_matches_reference, param_list, weights_like
+from stats_checks import assert_summary_matches
 
 import pyweightstat as pws
 from pyweightstat import _C
@@ -42,7 +42,6 @@ from pyweightstat.stats.histogram import from_core
 from pyweightstat.stats.reference import (
     ref_histogram,
     ref_histogram_edges,
-    ref_log_histogram,
     ref_log_num_buckets,
     ref_moments,
 )
@@ -56,12 +55,9 @@ DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat
 
 
 # ------------------------------------------------------------------------------ the driver
-@pytest.fixture(scope="module")
-def emu(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Build the emulated kernels and the driver once for this module (about 20 s)."""
-    cxx = _cxx()
-    out = tmp_path_factory.mktemp("cuda_emu")
-    common = ["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'csrc' / 'include'}"]
+def _build_driver(out: Path, extra: list[str]) -> Path:
+    """The emulated kernels and the driver, compiled with ``extra`` flags into ``out``."""
+    common = ["-std=c++17", "-Wall", "-Wextra", *extra, f"-I{ROOT / 'csrc' / 'include'}"]
     emulated = [
         *common,
         "-Wno-unknown-pragmas",  # #pragma unroll
@@ -76,22 +72,19 @@ def emu(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (emulated, ROOT / "csrc" / "cuda" / "distances_cuda.cu"),
         (common, ROOT / "tests" / "cpp" / "cuda_emu_check.cpp"),
     ]
-
-    def compile_one(flags_src: tuple[list[str], Path]) -> Path:
-        flags, src = flags_src
-        obj = out / (src.name + ".o")
-        r = subprocess.run(
-            [cxx, *flags, "-c", str(src), "-o", str(obj)], capture_output=True, text=True
-        )
-        assert r.returncode == 0, f"compiling {src.name} failed:\n{r.stderr}"
-        return obj
-
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        objs = list(pool.map(compile_one, units))
+    objs = _compile_all(units, out)
     exe = out / "cuda_emu_check"
-    r = subprocess.run([cxx, *map(str, objs), "-o", str(exe)], capture_output=True, text=True)
+    r = subprocess.run(
+        [_cxx(), *extra, *map(str, objs), "-o", str(exe)], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     return exe
+
+
+@pytest.fixture(scope="module")
+def emu(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Build the emulated kernels and the driver once for this module (about 20 s)."""
+    return _build_driver(tmp_path_factory.mktemp("cuda_emu"), ["-O2", "-Werror"])
 
 
 # The emulated sources: no fused multiply-adds the device code did not ask for (the edges must be
@@ -412,19 +405,6 @@ def _same_counts(s: Summary, c: Summary) -> None:
         assert a == b or (np.isnan(a) and np.isnan(b)), name
 
 
-def _check_log(h: Any, x: torch.Tensor, m: int) -> None:
-    """Exact counts, special counters and window against the float64 reference and the CPU."""
-    counts, under, over, nan = ref_log_histogram(x, m)
-    np.testing.assert_array_equal(full_log_counts(h, ref_log_num_buckets(m)), counts)
-    assert (h.underflow, h.overflow, h.nan_count) == (under, over, nan)
-    nz = np.flatnonzero(counts)
-    if nz.size:
-        assert h.first == nz[0] and h.counts.size == nz[-1] - nz[0] + 1  # the exact window
-    else:
-        assert h.counts.size == 0
-    assert h == pws.log_histogram(x, mantissa_bits=m)
-
-
 # ------------------------------------------------------------------------------ moments, log
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_moments_and_log_histograms_every_layout(emu: Path, tmp_path: Path, dtype) -> None:
@@ -444,7 +424,7 @@ def test_moments_and_log_histograms_every_layout(emu: Path, tmp_path: Path, dtyp
             assert_summary_matches(s, ref_moments(x), label)
             _same_counts(s, pws.describe(x))
             if m is not None:
-                _check_log(s.hist, x, m)
+                assert_log_hist_matches_reference(s.hist, x, m)
         allx = torch.cat([x.reshape(-1).double() for x in xs])
         assert_summary_matches(res.total, ref_moments(allx), f"total m={m}")
 
@@ -466,7 +446,7 @@ def test_log_histogram_random_bit_patterns(emu: Path, tmp_path: Path, m: int) ->
         xs += [x, x[: 2 * (x.numel() // 2)].reshape(-1, 2).t()]
     (res,) = run(emu, [Describe(xs, HIST_LOG, m=m)], tmp_path)
     for x, s in zip(xs, res.summaries, strict=True):
-        _check_log(s.hist, x, m)
+        assert_log_hist_matches_reference(s.hist, x, m)
         _same_counts(s, pws.describe(x))
 
 
@@ -496,7 +476,7 @@ def test_log_window_across_chunks_and_special_tensors(emu: Path, tmp_path: Path)
         if i > 0:
             assert_summary_matches(s, ref_moments(x_))
         _same_counts(s, pws.describe(x_))
-        _check_log(s.hist, x_, 3)
+        assert_log_hist_matches_reference(s.hist, x_, 3)
     empty = res.summaries[3]
     assert empty.count == 0 and np.isnan(empty.mean) and empty.l1 == 0.0
     const = res.summaries[4]
@@ -625,7 +605,7 @@ def test_global_and_opt_in_shared_counter_paths(emu: Path, tmp_path: Path) -> No
     for m in (3, 5):
         pairs = zip(xs, by_path["default", m].summaries, by_path["small", m].summaries, strict=True)
         for x, a, b in pairs:
-            _check_log(a.hist, x, m)
+            assert_log_hist_matches_reference(a.hist, x, m)
             assert a.hist == b.hist
             _same_counts(a, b)
 
@@ -666,30 +646,7 @@ def test_layout_that_cannot_be_merged_is_refused(emu: Path, tmp_path: Path) -> N
 @pytest.fixture(scope="module")
 def emu_sanitized(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The driver built with AddressSanitizer and UndefinedBehaviorSanitizer (about 30 s)."""
-    cxx = _cxx()
-    out = tmp_path_factory.mktemp("cuda_emu_san")
-    san = SANITIZE
-    common = ["-std=c++17", "-O1", *san, "-Wall", "-Wextra", f"-I{ROOT / 'csrc' / 'include'}"]
-    emulated = [
-        *common,
-        "-Wno-unknown-pragmas",
-        "-DPWS_CUDA_EMULATION",
-        *EMULATION_FLAGS,
-        f"-I{ROOT / 'tests' / 'cpp' / 'cuda_emu'}",
-        "-x",
-        "c++",
-    ]
-    units = [
-        (emulated, ROOT / "csrc" / "cuda" / "describe_cuda.cu"),
-        (emulated, ROOT / "csrc" / "cuda" / "distances_cuda.cu"),
-        (common, ROOT / "tests" / "cpp" / "cuda_emu_check.cpp"),
-    ]
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        objs = list(pool.map(lambda u: _compile(cxx, u[0], u[1], out), units))
-    exe = out / "cuda_emu_check_san"
-    r = subprocess.run([cxx, *san, *map(str, objs), "-o", str(exe)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return exe
+    return _build_driver(tmp_path_factory.mktemp("cuda_emu_san"), ["-O1", *SANITIZE])
 
 
 def test_kernels_under_address_and_undefined_behaviour_sanitizers(
