@@ -733,6 +733,25 @@ def bench_many(
     return info
 
 
+def _host_profile(fn: Callable[[], Any], calls: int, top: int = 12) -> list[dict[str, Any]]:
+    """The functions with the most own host time over ``calls`` calls of ``fn`` (cProfile)."""
+    import cProfile
+    import pstats
+
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    rows = []
+    for (file, line, name), (_, ncalls, tottime, _, _) in pstats.Stats(prof).stats.items():
+        where = f"{Path(file).name}:{line}" if line else file
+        row = {"function": f"{name} ({where})", "calls": ncalls}
+        rows.append({**row, "tottime_per_call_s": tottime / calls})
+    rows.sort(key=lambda r: -r["tottime_per_call_s"])
+    return rows[:top]
+
+
 def bench_tracker(
     model: torch.nn.Module, step: Callable[[], None], step_s: float, device: str, log: Callable
 ) -> dict[str, Any]:
@@ -744,7 +763,11 @@ def bench_tracker(
       that the host is ahead and the events time only the GPU work (CUDA only); also
       ``plan_no_hist_gpu_s`` (moments only) and ``tracker_hist_every4_gpu_s`` (the mean over a
       ``hist_every=4`` cycle);
-    * ``tracker_host_s``: host time of one ``record()`` call (no synchronisation);
+    * ``tracker_host_s``: host time of one ``record()`` call (no synchronisation), the mean
+      over 48 calls (conversions run in batches: some calls copy a batch, most none), with a
+      profile of those calls by function (``tracker_host_profile``) and, on CUDA, the host time
+      to enqueue one training step (``train_step_host_s``: above the step's GPU time the loop is
+      host-bound, and the tracker's host time adds to every step);
     * ``tracker_ab_fraction``: A/B training loops of ``k`` steps with and without
       ``tracker.step()`` (one tracker with ``max_pending = k``; on CUDA each record is copied to
       the store 3 steps later, inside the loop), the arms' order alternating between rounds; the
@@ -757,11 +780,21 @@ def bench_tracker(
     for _ in range(3):
         tracker.record()  # builds the plan, warms the allocator
     host = []
-    for _ in range(20):
+    for _ in range(48):
         t0 = time.perf_counter()
         tracker.record()
         host.append(time.perf_counter() - t0)
-    out["tracker_host_s"] = statistics.median(host)
+    out["tracker_host_s"] = statistics.fmean(host)
+    out["tracker_host_median_s"] = statistics.median(host)
+    out["tracker_host_max_s"] = max(host)
+    out["tracker_host_profile"] = _host_profile(tracker.record, 48)
+    log(
+        f"  record() host time: mean {1e3 * out['tracker_host_s']:.3f} ms, median "
+        f"{1e3 * out['tracker_host_median_s']:.3f} ms, max {1e3 * out['tracker_host_max_s']:.3f} "
+        "ms; by function (cProfile, 48 calls, own time per call):"
+    )
+    for row in out["tracker_host_profile"]:
+        log(f"    {1e3 * row['tottime_per_call_s']:8.3f} ms  x{row['calls']:<5} {row['function']}")
     if device == "cuda":
         from pyweightstat.stats import _cuda
 
@@ -780,6 +813,19 @@ def bench_tracker(
             return statistics.median(times)
 
         out["tracker_gpu_s"] = gpu_time(tracker.record)
+        host_step = []
+        for _ in range(5):
+            torch.cuda.synchronize()
+            torch.cuda._sleep(400_000_000)  # ~200 ms: the GPU is busy, the host only enqueues
+            t0 = time.perf_counter()
+            step()
+            host_step.append(time.perf_counter() - t0)
+        torch.cuda.synchronize()
+        out["train_step_host_s"] = statistics.median(host_step)
+        log(
+            f"  host time to enqueue one training step: {1e3 * out['train_step_host_s']:.1f} ms "
+            f"(GPU step {1e3 * step_s:.1f} ms)"
+        )
         params = list(model.parameters())
         plain = _cuda.Plan(params, None)
         out["plan_no_hist_gpu_s"] = gpu_time(plain.launch)
@@ -838,7 +884,7 @@ def bench_tracker(
             torch.cuda.synchronize()
 
     k = 40 if device == "cuda" else 5
-    rounds = 9 if device == "cuda" else 3
+    rounds = 15 if device == "cuda" else 3
     fracs, plain_s, tracked_s = [], [], []
     tracked = WeightTracker(model, mantissa_bits=3, max_pending=k)
     tracked.record()  # builds the plan outside the timed loops
@@ -1041,8 +1087,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         md += (
             f"\n- its host time per record() call: {1e3 * many['tracker_host_s']:.3f} ms "
-            "(enqueue, plus copying the record from 3 steps before on CUDA)"
+            "(mean over 48 calls: the enqueue, plus on CUDA the copies of records 3 steps old, "
+            "a batch at a time)"
         )
+        if "train_step_host_s" in many:
+            md += (
+                f"\n- host time to enqueue one training step: "
+                f"{1e3 * many['train_step_host_s']:.1f} ms (GPU step "
+                f"{1e3 * many['train_step_s']:.1f} ms; when it is the larger, the loop is "
+                "host-bound and the tracker's host time adds to each step)"
+            )
     print()
     print(md)
     if not args.no_save:

@@ -604,10 +604,15 @@ def _field_tolerances(ref: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("max_pending", [2, 256])  # bulk copies / copies 3 records behind
 @pytest.mark.parametrize("hist_every", [1, 3])  # 3: a moments-only plan beside the log plan
-def test_tracker_on_cuda_matches_cpu_tracker(max_pending: int, hist_every: int) -> None:
+def test_tracker_on_cuda_matches_cpu_tracker(
+    max_pending: int, hist_every: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import copy
 
     from pyweightstat import WeightTracker
+    from pyweightstat import tracker as tr_mod
+
+    monkeypatch.setattr(tr_mod, "_CONVERT_BATCH", 2)  # conversions inside the 8 steps below
 
     torch.manual_seed(0)
     cpu = torch.nn.Sequential(torch.nn.Linear(20, 300), torch.nn.ReLU(), torch.nn.Linear(300, 5))
@@ -624,7 +629,7 @@ def test_tracker_on_cuda_matches_cpu_tracker(max_pending: int, hist_every: int) 
         tc.step()
         tg.step()
         if max_pending == 256 and step >= 3:
-            assert len(tg._pending) == 3  # older records were copied already
+            assert 3 <= len(tg._pending) <= 4  # older records were copied, two at a time
     assert set(tg._plans) == ({True} if hist_every == 1 else {True, False})
     a, b = tc.trajectory(), tg.trajectory()
     np.testing.assert_array_equal(a["steps"], b["steps"])

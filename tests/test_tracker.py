@@ -509,6 +509,7 @@ def test_plan_logic_simulated_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     # engine on it): two plan kinds (hist_every=2), a storage move, and a trip to the CPU and
     # back, against a CPU tracker on identical values.
     from pyweightstat import describe_many
+    from pyweightstat import tracker as tr_mod
     from pyweightstat.stats import _cuda
 
     built: list[Any] = []
@@ -519,6 +520,8 @@ def test_plan_logic_simulated_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
                 raise ValueError("a Plan needs CUDA tensors")
             self.mantissa_bits, self.tensors = mbits, [t.t for t in tensors]
             self.ptrs = [t.data_ptr() for t in tensors]
+            # Half the conversion budget: records convert two at a time, inside the loop below.
+            self.result_bytes = tr_mod._CONVERT_BATCH_BYTES // 2
             built.append(self)
 
         def matches(self, tensors: list[Any]) -> bool:
@@ -579,6 +582,8 @@ def test_plan_logic_simulated_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
             assert not tg._pending and not tg._plans
         else:
             assert type(tg._pending[-1][1]).__name__ == "_RawRecord", step
+            # batches of 2 once 3 newer records exist: 3 or 4 records stay pending
+            assert len(tg._pending) <= tr_mod._CONVERT_LAG + 1, step
     assert not tg._plan_failed and set(tg._plans) == {True, False}
     # Records 0, 1: both kinds; 3 (storage moved): moments only; 4 (log due) on the CPU, where
     # the stale moments plan must not lead to a log plan over CPU tensors; 5, 6: both again.
@@ -630,3 +635,21 @@ def test_study_compact_trajectory_keeps_the_schedule() -> None:
     np.testing.assert_array_equal(out["hist_count"], traj["hist_count"][keep])
     np.testing.assert_array_equal(out["hist_flows"], traj["hist_flows"][:, total])
     assert set(out["hist_record"].tolist()) == {0, 2, 4} and "hist_tensor" not in out
+
+
+def test_convert_batch_follows_the_device_memory_budget() -> None:
+    from types import SimpleNamespace
+
+    from pyweightstat import tracker as tr_mod
+
+    budget, most = tr_mod._CONVERT_BATCH_BYTES, tr_mod._CONVERT_BATCH
+    for nbytes, want in [
+        (0, most),
+        (1000, most),
+        (budget // (most + 5), most),
+        (budget // 5, 5),
+        (budget // 2, 2),
+        (budget, 1),
+        (10 * budget, 1),
+    ]:
+        assert tr_mod._convert_batch(SimpleNamespace(result_bytes=nbytes)) == want, nbytes

@@ -60,10 +60,19 @@ TOTAL_NAME = "__total__"
 _FLOW_FIELDS = ("underflow", "overflow", "nan_count")
 _FORMAT_VERSION = 2  # 2: has_hist and hist_every (version 1 files: histograms at every record)
 _MAX_MANTISSA_BITS = 10
-# CUDA models: a record is converted to the store once this many newer records exist.
+# CUDA models: a record is converted to the store once this many newer records exist ...
 _CONVERT_LAG = 3
+# ... in batches of up to this many records (one bulk copy, one store update: the fixed host
+# cost of a conversion is shared), holding at most about _CONVERT_BATCH_BYTES of device results.
+_CONVERT_BATCH = 16
+_CONVERT_BATCH_BYTES = 64 << 20
 # CUDA models: check this often (in records) that the model still has the plan's parameter objects.
 _IDENTITY_CHECK_EVERY = 64
+
+
+def _convert_batch(plan: Any) -> int:
+    """How many records of ``plan`` the tracker converts at once (1 to ``_CONVERT_BATCH``)."""
+    return max(1, min(_CONVERT_BATCH, _CONVERT_BATCH_BYTES // max(1, plan.result_bytes)))
 
 
 def _check_int(value: object, arg: str, minimum: int, maximum: int | None = None) -> int:
@@ -206,9 +215,10 @@ class WeightTracker:
     max_pending : int
         Device models only: convert the deferred device results to host arrays at the latest
         once this many records are pending (bounds the device memory they hold). With a launch
-        plan (CUDA tensors) records are converted as soon as 3 newer records exist, a few at
-        each step, which never waits for the device; ``max_pending`` then only matters when it
-        is 4 or less.
+        plan (CUDA tensors) a record is converted once 3 newer records exist (its work finished
+        long ago, so this does not wait for the device), in batches of up to 16 records that
+        hold at most about 64 MiB of device memory, to share the fixed host cost of a copy;
+        ``max_pending`` then only matters when it is smaller than 3 plus that batch.
     lazy : bool, optional
         Defer conversion as on a device (``None``: only when the parameters are not on the CPU).
     hist_every : int
@@ -333,9 +343,9 @@ class WeightTracker:
             self._since_check += 1
             if self._lazy is False or len(self._pending) >= self.max_pending:
                 self._flush()
-            elif len(self._pending) > _CONVERT_LAG:
+            elif len(self._pending) >= _CONVERT_LAG + _convert_batch(plan):
                 # Records this old finished on the device long ago: converting them waits for
-                # nothing, and spreading the work over the steps never stalls the device.
+                # nothing, and a batch at a time shares the fixed host cost of a conversion.
                 if self._since_check >= _IDENTITY_CHECK_EVERY:
                     self._check_plan_params()
                 self._convert_oldest(len(self._pending) - _CONVERT_LAG)

@@ -345,6 +345,11 @@ class Plan:
         self._device = torch.device("cuda", dev)
         self._alloc = _torch_allocator(self._device)
 
+    @property
+    def result_bytes(self) -> int:
+        """Device memory of one :meth:`launch` result, in bytes (states and histograms)."""
+        return int(self._plan.result_bytes)
+
     def matches(self, tensors: list[Any]) -> bool:
         """Whether ``tensors`` are still at the addresses the plan reads (same count, in order)."""
         return len(tensors) == len(self._ptrs) and all(
