@@ -604,8 +604,9 @@ def _field_tolerances(ref: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("max_pending", [2, 256])  # bulk copies / copies 3 records behind
 @pytest.mark.parametrize("hist_every", [1, 3])  # 3: a moments-only plan beside the log plan
+@pytest.mark.parametrize("background", [True, False])
 def test_tracker_on_cuda_matches_cpu_tracker(
-    max_pending: int, hist_every: int, monkeypatch: pytest.MonkeyPatch
+    max_pending: int, hist_every: int, background: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import copy
 
@@ -618,7 +619,9 @@ def test_tracker_on_cuda_matches_cpu_tracker(
     cpu = torch.nn.Sequential(torch.nn.Linear(20, 300), torch.nn.ReLU(), torch.nn.Linear(300, 5))
     gpu = copy.deepcopy(cpu).to(DEV)
     tc = WeightTracker(cpu, mantissa_bits=3, hist_every=hist_every)
-    tg = WeightTracker(gpu, mantissa_bits=3, max_pending=max_pending, hist_every=hist_every)
+    tg = WeightTracker(
+        gpu, mantissa_bits=3, max_pending=max_pending, hist_every=hist_every, background=background
+    )
     for step in range(8):
         with torch.no_grad():  # elementwise IEEE ops: identical values on both devices
             for model in (cpu, gpu):

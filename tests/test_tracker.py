@@ -380,15 +380,18 @@ def test_cuda_records_without_sync() -> None:
         with warnings.catch_warnings():  # torch warns that the debug mode is a prototype
             warnings.simplefilter("ignore", UserWarning)
             torch.cuda.set_sync_debug_mode("error")  # any synchronising torch call raises
-        for _ in range(3):
+        for _ in range(40):  # background conversions (batches of 16) run during the loop
             opt.zero_grad()
             model(x).square().mean().backward()
             opt.step()
             tracker.step()
+        assert tracker._steps.n + sum(len(j.records) for _, j in tracker._jobs) >= 16
     finally:
         torch.cuda.set_sync_debug_mode("default")
     snaps = {n: p.detach().double().cpu().numpy() for n, p in model.named_parameters()}
-    stats = tracker.trajectory()["stats"]
+    traj = tracker.trajectory()
+    assert traj["steps"].tolist() == list(range(1, 41))
+    stats = traj["stats"]
     for t, v in enumerate(snaps.values()):
         # the SPEC bound for the mean (float32 partial sums on the GPU): 1e-6 standard deviations
         assert abs(stats[-1, t, 1] - v.mean()) <= 1e-6 * v.std()
@@ -504,7 +507,8 @@ class _FakeCudaModel(nn.Module):
         return iter(list(self.fake.items()))
 
 
-def test_plan_logic_simulated_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("background", [True, False])
+def test_plan_logic_simulated_on_cpu(monkeypatch: pytest.MonkeyPatch, background: bool) -> None:
     # The CUDA plan path with a stand-in Plan (launch = a snapshot) and fetch_many (the CPU
     # engine on it): two plan kinds (hist_every=2), a storage move, and a trip to the CPU and
     # back, against a CPU tracker on identical values.
@@ -563,7 +567,7 @@ def test_plan_logic_simulated_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
     plain = nn.Module()
     for i, t in enumerate(tensors):
         plain.register_parameter(f"p{i}", nn.Parameter(t.clone()))
-    tg = WeightTracker(fake, mantissa_bits=M, hist_every=2, max_pending=100)
+    tg = WeightTracker(fake, mantissa_bits=M, hist_every=2, max_pending=100, background=background)
     tc = WeightTracker(plain, mantissa_bits=M, hist_every=2)
     for step in range(10):
         for t, p in zip(tensors, plain.parameters(), strict=True):
@@ -653,3 +657,84 @@ def test_convert_batch_follows_the_device_memory_budget() -> None:
         (10 * budget, 1),
     ]:
         assert tr_mod._convert_batch(SimpleNamespace(result_bytes=nbytes)) == want, nbytes
+
+
+def _raw_conversion_stub(width: int, calls: list[list[int]], fail_at: set[int], gate: Any = None):
+    """A stand-in for WeightTracker._convert_raw: rows filled with the step; raises for the
+    steps in ``fail_at``; waits for ``gate`` (a threading.Event) if given."""
+
+    def convert(run: list) -> tuple:
+        if gate is not None:
+            assert gate.wait(30)
+        steps = [step for step, _ in run]
+        if fail_at & set(steps):
+            raise RuntimeError(f"copy failed at {sorted(fail_at & set(steps))}")
+        calls.append(steps)
+        r = len(run)
+        return (
+            np.repeat(np.array(steps, float), width * len(STAT_FIELDS)).reshape(r, width, -1),
+            np.zeros((r, width), np.int64),
+            np.empty(0, np.int64),
+            np.empty(0, np.int64),
+            np.zeros((r, width, 3), np.int64),
+        )
+
+    return convert
+
+
+def test_background_failure_keeps_every_record_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A batch that fails on the background thread: the error is raised by the next read, what
+    # it and the later batches did not store goes back in front of the pending records, and a
+    # later read converts them all, in step order.
+    from pyweightstat import tracker as tr_mod
+
+    tracker = WeightTracker(_mlp(), mantissa_bits=M, max_pending=100)
+    width = len(tracker.names)
+    calls: list[list[int]] = []
+    plan_a, plan_b = SimpleNamespace(mantissa_bits=M), SimpleNamespace(mantissa_bits=M)
+    stub = _raw_conversion_stub(width, calls, fail_at={4})
+    monkeypatch.setattr(WeightTracker, "_convert_raw", staticmethod(stub))
+    records = [(s, tr_mod._RawRecord(plan_a if s < 4 else plan_b, None)) for s in range(1, 8)]
+    tracker._submit(records[:2])  # stored
+    tracker._submit(records[2:5])  # plan A's step 3 stored, plan B's 4 fails (and 5 with it)
+    tracker._pending.extend(records[5:6])
+    with pytest.raises(RuntimeError, match=r"copy failed at \[4\]"):
+        tracker.stat(TOTAL_NAME, "mean")
+    assert [s for s, _ in tracker._pending] == [4, 5, 6]
+    assert tracker._steps.values.tolist() == [1, 2, 3]
+    stub = _raw_conversion_stub(width, calls, fail_at=set())
+    monkeypatch.setattr(WeightTracker, "_convert_raw", staticmethod(stub))
+    tracker._pending.extend(records[6:])
+    traj = tracker.trajectory()
+    assert traj["steps"].tolist() == [1, 2, 3, 4, 5, 6, 7]
+    assert traj["stats"][:, 0, 0].tolist() == [1, 2, 3, 4, 5, 6, 7]
+    assert calls == [[1, 2], [3], [4, 5, 6, 7]]
+
+
+def test_background_batches_are_bounded_and_ordered(monkeypatch: pytest.MonkeyPatch) -> None:
+    # At most _MAX_JOBS batches are outstanding: the next submission waits for the oldest.
+    import threading
+
+    from pyweightstat import tracker as tr_mod
+
+    tracker = WeightTracker(_mlp(), mantissa_bits=M, max_pending=100)
+    width = len(tracker.names)
+    calls: list[list[int]] = []
+    gate = threading.Event()
+    stub = _raw_conversion_stub(width, calls, fail_at=set(), gate=gate)
+    monkeypatch.setattr(WeightTracker, "_convert_raw", staticmethod(stub))
+    plan = SimpleNamespace(mantissa_bits=M)
+    batches = [[(s, tr_mod._RawRecord(plan, None))] for s in range(1, tr_mod._MAX_JOBS + 2)]
+    for batch in batches[:-1]:
+        tracker._submit(batch)  # returns at once: the thread waits at the gate
+    assert len(tracker._jobs) == tr_mod._MAX_JOBS and not calls
+    submitted = threading.Event()
+    extra = threading.Thread(target=lambda: (tracker._submit(batches[-1]), submitted.set()))
+    extra.start()
+    assert not submitted.wait(0.3)  # blocked behind the oldest batch
+    gate.set()
+    assert submitted.wait(30)
+    extra.join()
+    traj = tracker.trajectory()
+    assert calls == [[s] for s in range(1, tr_mod._MAX_JOBS + 2)]
+    assert traj["steps"].tolist() == list(range(1, tr_mod._MAX_JOBS + 2))

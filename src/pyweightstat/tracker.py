@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -66,6 +67,9 @@ _CONVERT_LAG = 3
 # cost of a conversion is shared), holding at most about _CONVERT_BATCH_BYTES of device results.
 _CONVERT_BATCH = 16
 _CONVERT_BATCH_BYTES = 64 << 20
+# CUDA models, background conversion: at most this many batches wait or run on the tracker's
+# thread; record() waits for the oldest beyond that (the host could not keep up).
+_MAX_JOBS = 2
 # CUDA models: check this often (in records) that the model still has the plan's parameter objects.
 _IDENTITY_CHECK_EVERY = 64
 
@@ -105,6 +109,25 @@ class _RawRecord:
 def _run_key(payload: Any) -> Any:
     """Records with the same key convert together (the plan of raw results; None: Summaries)."""
     return payload.plan if isinstance(payload, _RawRecord) else None
+
+
+class _Job:
+    """Records handed to the background thread, and how many of them it stored so far."""
+
+    __slots__ = ("records", "stored")
+
+    def __init__(self, records: list[tuple[int, Any]]) -> None:
+        self.records = records
+        self.stored = 0
+
+
+def _run_length(records: list[tuple[int, Any]], start: int, stop: int) -> int:
+    """Length of the run of records from ``start`` (before ``stop``) that convert together."""
+    key = _run_key(records[start][1])
+    end = start + 1
+    while end < stop and _run_key(records[end][1]) is key:
+        end += 1
+    return end - start
 
 
 class _Column:
@@ -226,6 +249,12 @@ class WeightTracker:
         :meth:`record` can force or skip them); the moments are kept at every record.  The
         histograms were most of the cost of a record (on an H100, ViT-B/16, measured before the
         log-histogram kernel was reworked: 0.35 ms per record with them, 0.14 ms without).
+    background : bool
+        CUDA models: convert the finished device records on a background thread (the copies,
+        the bucket scan and the store's growth then leave the training loop's thread; the
+        C++ part runs without the GIL).  ``False`` converts them in :meth:`record` itself.  An
+        error of a background conversion is raised by the next :meth:`record` or read, and the
+        records it could not convert stay pending.
 
     Notes
     -----
@@ -243,6 +272,7 @@ class WeightTracker:
         max_pending: int = 256,
         lazy: bool | None = None,
         hist_every: int = 1,
+        background: bool = True,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -252,6 +282,9 @@ class WeightTracker:
         self.hist_every = _check_int(hist_every, "hist_every", 1)
         if lazy is not None and not isinstance(lazy, bool):
             raise TypeError(f"lazy must be a bool or None, got {type(lazy).__name__}")
+        if not isinstance(background, bool):
+            raise TypeError(f"background must be a bool, got {type(background).__name__}")
+        self.background = background
         names = [name for name, _ in model.named_parameters()]
         if not names:
             raise ValueError("model has no parameters to track")
@@ -272,6 +305,12 @@ class WeightTracker:
     def _init_store(self) -> None:
         width = len(self.names)
         self._pending: list[tuple[int, Any]] = []  # (step, list of Summaries or _RawRecord)
+        # Background conversion (CUDA plans): batches taken from _pending, oldest first. While
+        # any is outstanding only that thread touches the store; everything else calls _drain().
+        self._jobs: list[tuple[Future[None], _Job]] = []
+        self._job_failed = False  # set by the thread: later batches are left for _drain()
+        self._executor: ThreadPoolExecutor | None = None
+        self._num_records = 0  # records taken (stored, being converted or pending)
         self._steps = _Column(np.int64)
         self._has_hist = _Column(np.bool_)
         self._stats = _Column(np.float64, (width, len(STAT_FIELDS)))
@@ -291,7 +330,7 @@ class WeightTracker:
     @property
     def num_records(self) -> int:
         """Number of records taken so far (pending device records included)."""
-        return self._steps.n + len(self._pending)
+        return self._num_records
 
     def step(self) -> bool:
         """Count one optimisation step; record if it is a multiple of ``every``.
@@ -340,15 +379,24 @@ class WeightTracker:
         if plan is not None:
             # Hot path on CUDA: one enqueue, no per-tensor Python work, no synchronisation.
             self._pending.append((self.num_steps, _RawRecord(plan, plan.launch())))
+            self._num_records += 1
             self._since_check += 1
-            if self._lazy is False or len(self._pending) >= self.max_pending:
+            if self._jobs and self._jobs[0][0].done():
+                self._reap()
+            in_flight = sum(len(job.records) for _, job in self._jobs)
+            if self._lazy is False or len(self._pending) + in_flight >= self.max_pending:
                 self._flush()
             elif len(self._pending) >= _CONVERT_LAG + _convert_batch(plan):
                 # Records this old finished on the device long ago: converting them waits for
                 # nothing, and a batch at a time shares the fixed host cost of a conversion.
                 if self._since_check >= _IDENTITY_CHECK_EVERY:
                     self._check_plan_params()
-                self._convert_oldest(len(self._pending) - _CONVERT_LAG)
+                count = len(self._pending) - _CONVERT_LAG
+                if self.background:
+                    self._submit(self._pending[:count])
+                    del self._pending[:count]
+                else:
+                    self._convert_oldest(count)
             return
         from pyweightstat import describe_many
 
@@ -357,6 +405,7 @@ class WeightTracker:
         mbits = self.mantissa_bits if with_hist else None
         summaries, total = describe_many(detached, total=True, mantissa_bits=mbits)
         self._pending.append((self.num_steps, [*summaries, total]))
+        self._num_records += 1
         lazy = self._lazy if self._lazy is not None else params[0].device.type != "cpu"
         if not lazy or len(self._pending) >= self.max_pending:
             self._flush()
@@ -392,6 +441,7 @@ class WeightTracker:
 
     def _flush(self) -> None:
         """Convert pending records into the columnar store (reads device values once)."""
+        self._drain()
         if not self._pending:
             return
         if self._plans:
@@ -399,24 +449,74 @@ class WeightTracker:
         self._convert_oldest(len(self._pending))
 
     def _convert_oldest(self, count: int) -> None:
-        """Move the ``count`` oldest pending records into the store.
+        """Move the ``count`` oldest pending records into the store (after the background ones).
 
         Consecutive records of one kind go together: raw results of one plan (one bulk fetch)
         or lists of Summaries. A run leaves the queue only once it is converted.
         """
+        self._drain()
         while count > 0 and self._pending:
-            key = _run_key(self._pending[0][1])
-            stop = 1
-            while stop < min(count, len(self._pending)) and (
-                _run_key(self._pending[stop][1]) is key
-            ):
-                stop += 1
+            stop = _run_length(self._pending, 0, min(count, len(self._pending)))
             run = self._pending[:stop]
-            raw = isinstance(run[0][1], _RawRecord)
-            converted = self._convert_raw(run) if raw else self._convert_summaries(run)
+            converted = self._convert_run(run)
             del self._pending[:stop]
             self._store(run, converted)
             count -= stop
+
+    def _convert_run(self, run: list[tuple[int, Any]]) -> tuple[Any, ...]:
+        raw = isinstance(run[0][1], _RawRecord)
+        return self._convert_raw(run) if raw else self._convert_summaries(run)
+
+    # ------------------------------------------------------------------ background conversion
+    def _submit(self, records: list[tuple[int, Any]]) -> None:
+        """Hand the oldest pending ``records`` to the background thread (in order)."""
+        if len(self._jobs) >= _MAX_JOBS:
+            self._jobs[0][0].exception()  # the host is behind: wait for the oldest batch
+            self._reap()
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="pyweightstat-tracker")
+        job = _Job(records)
+        self._jobs.append((self._executor.submit(self._run_job, job), job))
+
+    def _run_job(self, job: _Job) -> None:
+        """On the background thread: convert and store ``job``'s records, run by run."""
+        if self._job_failed:  # an earlier batch failed: leave this one to _drain()
+            return
+        try:
+            records = job.records
+            while job.stored < len(records):
+                stop = job.stored + _run_length(records, job.stored, len(records))
+                run = records[job.stored : stop]
+                self._store(run, self._convert_run(run))
+                job.stored = stop
+        except BaseException:
+            self._job_failed = True
+            raise
+
+    def _reap(self) -> None:
+        """Forget the finished batches at the front; a failed one is handled by _drain()."""
+        while self._jobs and self._jobs[0][0].done():
+            if self._jobs[0][0].exception() is not None:
+                self._drain()
+            self._jobs.pop(0)
+
+    def _drain(self) -> None:
+        """Wait for every background batch; if one failed, put what it and the later ones did
+        not store back in front of the pending records, and raise its error."""
+        if not self._jobs:
+            return
+        jobs, self._jobs = self._jobs, []
+        error: BaseException | None = None
+        left: list[tuple[int, Any]] = []
+        for future, job in jobs:
+            exc = future.exception()  # waits for it
+            error = error or exc
+            if error is not None:
+                left.extend(job.records[job.stored :])
+        if error is not None:
+            self._pending[:0] = left
+            self._job_failed = False
+            raise error
 
     def _check_plan_params(self) -> None:
         """Raise (dropping pending records) if the model's parameter objects were replaced."""
@@ -426,6 +526,7 @@ class WeightTracker:
         current = self._current_params()
         if any(a is not b for a, b in zip(current, self._plan_params, strict=True)):
             dropped, self._pending, self._plans = len(self._pending), [], {}
+            self._num_records -= dropped
             raise RuntimeError(
                 "the model's parameter objects were replaced since the tracker built its plan; "
                 f"the {dropped} pending records may hold the old tensors and were dropped"
@@ -697,7 +798,9 @@ class WeightTracker:
         tracker.max_pending = 1
         tracker.num_steps = int(data["num_steps"])
         tracker._init_store()
+        tracker.background = False
         tracker._steps.extend(data["steps"].astype(np.int64))
+        tracker._num_records = tracker._steps.n
         records = len(data["steps"])
         has_hist = data.get("has_hist", np.ones(records, dtype=np.bool_))  # version 1: all
         if has_hist.shape != (records,):
