@@ -697,7 +697,7 @@ def test_background_failure_keeps_every_record_in_order(monkeypatch: pytest.Monk
     records = [(s, tr_mod._RawRecord(plan_a if s < 4 else plan_b, None)) for s in range(1, 8)]
     tracker._submit(records[:2])  # stored
     tracker._submit(records[2:5])  # plan A's step 3 stored, plan B's 4 fails (and 5 with it)
-    tracker._pending.extend(records[5:6])
+    tracker._submit(records[5:6])  # after the failure: must not be stored before 4 and 5
     with pytest.raises(RuntimeError, match=r"copy failed at \[4\]"):
         tracker.stat(TOTAL_NAME, "mean")
     assert [s for s, _ in tracker._pending] == [4, 5, 6]
@@ -735,6 +735,9 @@ def test_background_batches_are_bounded_and_ordered(monkeypatch: pytest.MonkeyPa
     gate.set()
     assert submitted.wait(30)
     extra.join()
+    jobs = [job for _, job in tracker._jobs]
+    tracker._drain()
+    assert jobs and not any(job.records for job in jobs)  # stored runs (and results) released
     traj = tracker.trajectory()
     assert calls == [[s] for s in range(1, tr_mod._MAX_JOBS + 2)]
     assert traj["steps"].tolist() == list(range(1, tr_mod._MAX_JOBS + 2))

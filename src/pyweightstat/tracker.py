@@ -112,13 +112,13 @@ def _run_key(payload: Any) -> Any:
 
 
 class _Job:
-    """Records handed to the background thread, and how many of them it stored so far."""
+    """Records handed to the background thread; it removes each run once stored (which also
+    frees their device results), so ``records`` is always what is left to store."""
 
-    __slots__ = ("records", "stored")
+    __slots__ = ("records",)
 
     def __init__(self, records: list[tuple[int, Any]]) -> None:
         self.records = records
-        self.stored = 0
 
 
 def _run_length(records: list[tuple[int, Any]], start: int, stop: int) -> int:
@@ -484,11 +484,10 @@ class WeightTracker:
             return
         try:
             records = job.records
-            while job.stored < len(records):
-                stop = job.stored + _run_length(records, job.stored, len(records))
-                run = records[job.stored : stop]
+            while records:
+                run = records[: _run_length(records, 0, len(records))]
                 self._store(run, self._convert_run(run))
-                job.stored = stop
+                del records[: len(run)]
         except BaseException:
             self._job_failed = True
             raise
@@ -512,7 +511,7 @@ class WeightTracker:
             exc = future.exception()  # waits for it
             error = error or exc
             if error is not None:
-                left.extend(job.records[job.stored :])
+                left.extend(job.records)
         if error is not None:
             self._pending[:0] = left
             self._job_failed = False
