@@ -398,6 +398,57 @@ def test_cuda_records_without_sync() -> None:
         assert stats[-1, t, 6] == v.min() and stats[-1, t, 7] == v.max()
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and pyweightstat.build_info()["cuda"]),
+    reason="needs a CUDA GPU and a CUDA build of the engine",
+)
+def test_background_conversion_during_a_graph_capture(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The tracker's thread converts a batch (fetch_many: event and stream synchronisations,
+    # pinned copies) while the training thread captures a CUDA graph in the default global
+    # mode: neither the capture nor the conversion may fail.
+    import threading
+
+    from pyweightstat import tracker as tr_mod
+
+    model = _mlp().cuda()
+    tracker = WeightTracker(model, mantissa_bits=M, max_pending=1000)
+    for _ in range(tr_mod._CONVERT_LAG + 1):
+        tracker.record()
+    inside, release = threading.Event(), threading.Event()
+    real = WeightTracker._convert_raw
+
+    def gated(run: list) -> tuple:
+        inside.set()
+        assert release.wait(30)
+        return real(run)
+
+    monkeypatch.setattr(WeightTracker, "_convert_raw", staticmethod(gated))
+    assert tracker._submit_oldest(1)
+    assert inside.wait(30)
+    x = torch.randn(4096, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        y = x * 2  # warm-up outside the capture, as torch recommends
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):  # capture_error_mode="global"
+        release.set()
+        assert tracker._jobs[0][0].exception(timeout=60) is None  # converted during the capture
+        y = x * 2
+    x.add_(1.0)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, x * 2)
+    snaps = {n: p.detach().double().cpu().numpy() for n, p in model.named_parameters()}
+    traj = tracker.trajectory()
+    assert traj["steps"].tolist() == [0] * (tr_mod._CONVERT_LAG + 1)
+    for t, v in enumerate(snaps.values()):  # every record: the same, untouched weights
+        assert np.all(traj["stats"][:, t, 6] == v.min())
+        assert np.all(traj["stats"][:, t, 7] == v.max())
+
+
 def test_pending_runs_convert_in_order_by_kind_and_plan(monkeypatch: pytest.MonkeyPatch) -> None:
     # Device records of two plans (e.g. before and after model.to(...)) and host records may be
     # pending together: each run converts on its own, in order, and leaves the queue only once
@@ -695,9 +746,10 @@ def test_background_failure_keeps_every_record_in_order(monkeypatch: pytest.Monk
     stub = _raw_conversion_stub(width, calls, fail_at={4})
     monkeypatch.setattr(WeightTracker, "_convert_raw", staticmethod(stub))
     records = [(s, tr_mod._RawRecord(plan_a if s < 4 else plan_b, None)) for s in range(1, 8)]
-    tracker._submit(records[:2])  # stored
-    tracker._submit(records[2:5])  # plan A's step 3 stored, plan B's 4 fails (and 5 with it)
-    tracker._submit(records[5:6])  # after the failure: must not be stored before 4 and 5
+    tracker._pending.extend(records[:6])
+    assert tracker._submit_oldest(2)  # stored
+    assert tracker._submit_oldest(3)  # plan A's step 3 stored, plan B's 4 fails (and 5 with it)
+    assert tracker._submit_oldest(1)  # after the failure: must not be stored before 4 and 5
     with pytest.raises(RuntimeError, match=r"copy failed at \[4\]"):
         tracker.stat(TOTAL_NAME, "mean")
     assert [s for s, _ in tracker._pending] == [4, 5, 6]
@@ -725,11 +777,13 @@ def test_background_batches_are_bounded_and_ordered(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(WeightTracker, "_convert_raw", staticmethod(stub))
     plan = SimpleNamespace(mantissa_bits=M)
     batches = [[(s, tr_mod._RawRecord(plan, None))] for s in range(1, tr_mod._MAX_JOBS + 2)]
-    for batch in batches[:-1]:
-        tracker._submit(batch)  # returns at once: the thread waits at the gate
+    for batch in batches:
+        tracker._pending.extend(batch)
+    for _ in batches[:-1]:
+        assert tracker._submit_oldest(1)  # returns at once: the thread waits at the gate
     assert len(tracker._jobs) == tr_mod._MAX_JOBS and not calls
     submitted = threading.Event()
-    extra = threading.Thread(target=lambda: (tracker._submit(batches[-1]), submitted.set()))
+    extra = threading.Thread(target=lambda: (tracker._submit_oldest(1), submitted.set()))
     extra.start()
     assert not submitted.wait(0.3)  # blocked behind the oldest batch
     gate.set()
@@ -741,3 +795,110 @@ def test_background_batches_are_bounded_and_ordered(monkeypatch: pytest.MonkeyPa
     traj = tracker.trajectory()
     assert calls == [[s] for s in range(1, tr_mod._MAX_JOBS + 2)]
     assert traj["steps"].tolist() == list(range(1, tr_mod._MAX_JOBS + 2))
+
+
+def test_drain_interrupted_while_waiting_forgets_no_batch() -> None:
+    # An interrupt (Ctrl-C) while _drain waits leaves every batch known to the tracker.
+    tracker = WeightTracker(_mlp(), mantissa_bits=M, max_pending=100)
+
+    class Interrupted:
+        def exception(self, timeout: float | None = None) -> None:
+            raise KeyboardInterrupt
+
+    jobs = [(Interrupted(), SimpleNamespace(records=[(1, None)]))]
+    tracker._jobs = list(jobs)
+    with pytest.raises(KeyboardInterrupt):
+        tracker._drain()
+    assert tracker._jobs == jobs
+    tracker._jobs = []
+
+
+def test_refused_background_batch_is_converted_on_the_training_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # After the interpreter began shutting down, concurrent.futures refuses new work: record()
+    # then converts the batch itself instead of failing.
+    import os
+
+    from pyweightstat import tracker as tr_mod
+
+    tracker = WeightTracker(_mlp(), mantissa_bits=M, max_pending=100)
+    width = len(tracker.names)
+    calls: list[list[int]] = []
+    stub = _raw_conversion_stub(width, calls, fail_at=set())
+    monkeypatch.setattr(WeightTracker, "_convert_raw", staticmethod(stub))
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    tracker._executor, tracker._executor_pid = SimpleNamespace(submit=refuse), os.getpid()
+    plan = SimpleNamespace(mantissa_bits=M)
+    tracker._pending.extend((s, tr_mod._RawRecord(plan, None)) for s in (1, 2, 3))
+    assert not tracker._submit_oldest(2)
+    assert [s for s, _ in tracker._pending] == [1, 2, 3] and not tracker._jobs
+    tracker._executor = None
+    assert tracker.trajectory()["steps"].tolist() == [1, 2, 3]
+
+
+def test_store_checks_a_run_before_changing_any_column() -> None:
+    from pyweightstat import tracker as tr_mod
+
+    tracker = WeightTracker(_mlp(), mantissa_bits=M)
+    tracker.record()
+    width = len(tracker.names)
+    before = {k: v for k, v in tracker.trajectory().items() if isinstance(v, np.ndarray)}
+    bad = (
+        np.zeros((1, width, len(STAT_FIELDS))),
+        np.ones((1, width), np.int64),  # says one bucket per histogram ...
+        np.zeros(3, np.int64),  # ... but three buckets in all
+        np.zeros(3, np.int64),
+        np.zeros((1, width, 3), np.int64),
+    )
+    with pytest.raises(ValueError, match="inconsistent"):
+        tracker._store([(7, tr_mod._RawRecord(SimpleNamespace(mantissa_bits=M), None))], bad)
+    after = tracker.trajectory()
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value, err_msg=key)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork")
+def test_forked_child_gets_back_the_batches_in_flight(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A child forked while a batch is on the tracker's thread has no such thread: its reads must
+    # not wait forever, and the batch's records are converted there.
+    import os
+    import threading
+    import time
+
+    from pyweightstat import tracker as tr_mod
+
+    tracker = WeightTracker(_mlp(), mantissa_bits=M, max_pending=100)
+    width = len(tracker.names)
+    gate = threading.Event()
+    calls: list[list[int]] = []
+    stub = _raw_conversion_stub(width, calls, fail_at=set(), gate=gate)
+    monkeypatch.setattr(WeightTracker, "_convert_raw", staticmethod(stub))
+    plan = SimpleNamespace(mantissa_bits=M)
+    tracker._pending.extend((s, tr_mod._RawRecord(plan, None)) for s in (1, 2, 3))
+    assert tracker._submit_oldest(2)
+    with warnings.catch_warnings():  # Python 3.12 warns about fork() in a threaded process
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # the child: the gate is set at once (no thread of the parent waits on it)
+        code = 1
+        try:
+            gate.set()
+            code = 0 if tracker.trajectory()["steps"].tolist() == [1, 2, 3] else 2
+        finally:
+            os._exit(code)
+    try:
+        deadline = time.monotonic() + 60
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if done[0] == 0:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child waited for a thread it does not have")
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        gate.set()
+    assert tracker.trajectory()["steps"].tolist() == [1, 2, 3]

@@ -546,6 +546,20 @@ class CudaPlan {
   cu::Layout layout_;
 };
 
+// While it lives, the calling thread may synchronise although another thread captures a CUDA
+// graph in the default (global) mode, as the tracker's conversion thread does during a user's
+// capture; a capture of the calling thread itself is still protected.
+class OtherThreadsCapturesIgnored {
+ public:
+  OtherThreadsCapturesIgnored() : old_(cu::exchange_capture_mode(cu::kCaptureModeThreadLocal)) {}
+  ~OtherThreadsCapturesIgnored() { cu::restore_capture_mode_noexcept(old_); }
+  OtherThreadsCapturesIgnored(const OtherThreadsCapturesIgnored&) = delete;
+  OtherThreadsCapturesIgnored& operator=(const OtherThreadsCapturesIgnored&) = delete;
+
+ private:
+  int old_;
+};
+
 // States and log-histogram windows of many results (all with the same tensor count and request,
 // totals launched), fetched together: one wait per result on its own event (later work on the
 // stream keeps running), then two rounds of copies into pinned memory on a private stream (an
@@ -599,6 +613,7 @@ py::tuple fetch_many(const py::list& handles) {
   {
     py::gil_scoped_release release;
     cu::DeviceGuard guard(rs[0]->device());
+    const OtherThreadsCapturesIgnored capture_mode;
     for (CudaResult* c : rs) c->wait_enqueued();  // before the lock (see CudaResult::fetch_rows)
     const int device = rs[0]->device();
     {  // round 1: states and log headers

@@ -1099,6 +1099,19 @@ bool stream_is_capturing(void* stream) {
   return status != cudaStreamCaptureStatusNone;
 }
 
+static_assert(kCaptureModeThreadLocal == static_cast<int>(cudaStreamCaptureModeThreadLocal));
+
+int exchange_capture_mode(int mode) {
+  auto m = static_cast<cudaStreamCaptureMode>(mode);
+  PWS_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&m));
+  return static_cast<int>(m);
+}
+
+void restore_capture_mode_noexcept(int mode) noexcept {
+  auto m = static_cast<cudaStreamCaptureMode>(mode);
+  if (cudaThreadExchangeStreamCaptureMode(&m) != cudaSuccess) (void)cudaGetLastError();
+}
+
 void* event_create() {
   cudaEvent_t e = nullptr;
   PWS_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));

@@ -98,6 +98,13 @@ void stream_synchronize_noexcept(void* stream) noexcept;
 void device_synchronize();
 // Whether work enqueued on `stream` now is being captured into a CUDA graph (not executed).
 bool stream_is_capturing(void* stream);
+// The calling thread's stream-capture interaction mode (cudaStreamCaptureMode values): set
+// `mode`, return the previous one. ThreadLocal lets a thread make synchronising calls while
+// another thread captures a CUDA graph in the default (global) mode; its own captures stay
+// checked.
+int exchange_capture_mode(int mode);
+void restore_capture_mode_noexcept(int mode) noexcept;
+constexpr int kCaptureModeThreadLocal = 1;
 // Events (timing disabled) and a private non-blocking stream, for fetching results without
 // waiting for work queued after them.
 void* event_create();

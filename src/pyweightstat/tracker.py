@@ -240,8 +240,10 @@ class WeightTracker:
         once this many records are pending (bounds the device memory they hold). With a launch
         plan (CUDA tensors) a record is converted once 3 newer records exist (its work finished
         long ago, so this does not wait for the device), in batches of up to 16 records that
-        hold at most about 64 MiB of device memory, to share the fixed host cost of a copy;
-        ``max_pending`` then only matters when it is smaller than 3 plus that batch.
+        hold at most about 64 MiB of device memory, to share the fixed host cost of a copy.
+        Records being converted in the background count as pending: with the defaults, at most
+        3 + 16 + 2 batches of 16 = 51 records, so ``max_pending`` matters below that (a full
+        conversion on the training thread once reached).
     lazy : bool, optional
         Defer conversion as on a device (``None``: only when the parameters are not on the CPU).
     hist_every : int
@@ -310,6 +312,7 @@ class WeightTracker:
         self._jobs: list[tuple[Future[None], _Job]] = []
         self._job_failed = False  # set by the thread: later batches are left for _drain()
         self._executor: ThreadPoolExecutor | None = None
+        self._executor_pid = 0  # the process that started the thread (a fork does not have it)
         self._num_records = 0  # records taken (stored, being converted or pending)
         self._steps = _Column(np.int64)
         self._has_hist = _Column(np.bool_)
@@ -392,10 +395,7 @@ class WeightTracker:
                 if self._since_check >= _IDENTITY_CHECK_EVERY:
                     self._check_plan_params()
                 count = len(self._pending) - _CONVERT_LAG
-                if self.background:
-                    self._submit(self._pending[:count])
-                    del self._pending[:count]
-                else:
+                if not (self.background and self._submit_oldest(count)):
                     self._convert_oldest(count)
             return
         from pyweightstat import describe_many
@@ -468,15 +468,38 @@ class WeightTracker:
         return self._convert_raw(run) if raw else self._convert_summaries(run)
 
     # ------------------------------------------------------------------ background conversion
-    def _submit(self, records: list[tuple[int, Any]]) -> None:
-        """Hand the oldest pending ``records`` to the background thread (in order)."""
+    def _submit_oldest(self, count: int) -> bool:
+        """Hand the ``count`` oldest pending records to the background thread (in order).
+
+        Returns False, leaving them pending, where no thread can take them (the interpreter is
+        shutting down): the caller then converts them itself.
+        """
+        self._check_fork()
         if len(self._jobs) >= _MAX_JOBS:
             self._jobs[0][0].exception()  # the host is behind: wait for the oldest batch
             self._reap()
         if self._executor is None:
+            # fetch_many, which it calls, also works while the training thread captures a CUDA
+            # graph (it leaves other threads' captures alone: cudaStreamCaptureModeThreadLocal)
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="pyweightstat-tracker")
-        job = _Job(records)
-        self._jobs.append((self._executor.submit(self._run_job, job), job))
+            self._executor_pid = os.getpid()
+        job = _Job(self._pending[:count])
+        try:
+            future = self._executor.submit(self._run_job, job)
+        except RuntimeError:  # "cannot schedule new futures after (interpreter) shutdown"
+            return False
+        del self._pending[:count]
+        self._jobs.append((future, job))
+        return True
+
+    def _check_fork(self) -> None:
+        """In a process forked from the one that started the thread: the thread and its
+        unfinished batches did not come along, so their records go back to the pending ones."""
+        if self._executor is None or self._executor_pid == os.getpid():
+            return
+        left = [record for _, job in self._jobs for record in job.records]
+        self._pending[:0] = left
+        self._jobs, self._executor, self._job_failed = [], None, False
 
     def _run_job(self, job: _Job) -> None:
         """On the background thread: convert and store ``job``'s records, run by run."""
@@ -502,14 +525,16 @@ class WeightTracker:
     def _drain(self) -> None:
         """Wait for every background batch; if one failed, put what it and the later ones did
         not store back in front of the pending records, and raise its error."""
+        self._check_fork()
         if not self._jobs:
             return
+        for future, _ in self._jobs:  # all waits first: an interrupt here changes nothing
+            future.exception()
         jobs, self._jobs = self._jobs, []
         error: BaseException | None = None
         left: list[tuple[int, Any]] = []
         for future, job in jobs:
-            exc = future.exception()  # waits for it
-            error = error or exc
+            error = error or future.exception()
             if error is not None:
                 left.extend(job.records)
         if error is not None:
@@ -528,7 +553,8 @@ class WeightTracker:
             self._num_records -= dropped
             raise RuntimeError(
                 "the model's parameter objects were replaced since the tracker built its plan; "
-                f"the {dropped} pending records may hold the old tensors and were dropped"
+                f"the {dropped} pending records may hold the old tensors and were dropped "
+                "(records already being converted in the background are kept)"
             )
 
     @staticmethod
@@ -572,17 +598,30 @@ class WeightTracker:
         )
 
     def _store(self, run: list[tuple[int, Any]], converted: tuple[np.ndarray, ...]) -> None:
-        """Append converted records: stats rows and the non-empty histogram buckets."""
+        """Append converted records: stats rows and the non-empty histogram buckets.
+
+        Every array is shaped and checked before the first column grows, so a bad conversion
+        leaves the store as it was (the run can be converted again).
+        """
         rows, nnz, buckets, counts, flows = converted
-        width = len(self.names)
+        r, width = len(run), len(self.names)
+        buckets, counts = np.asarray(buckets, np.int64), np.asarray(counts, np.int64)
+        nnz = np.asarray(nnz, np.int64).reshape(r, width)
+        flows = np.asarray(flows, np.int64).reshape(r, width, len(_FLOW_FIELDS))
+        steps = np.array([step for step, _ in run], dtype=np.int64)
+        has_hist = np.array([_payload_has_hist(p) for _, p in run], dtype=np.bool_)
+        if not callable(rows):
+            rows = np.asarray(rows, np.float64).reshape(r, width, len(STAT_FIELDS))
+        if buckets.shape != counts.shape or buckets.ndim != 1 or len(buckets) != nnz.sum():
+            raise ValueError("a converted run has inconsistent histogram columns")
         self._hist["bucket"].extend(buckets)
         self._hist["count"].extend(counts)
-        self._nnz.extend(np.asarray(nnz, np.int64).reshape(len(run), width))
+        self._nnz.extend(nnz)
         self._offsets = None
-        self._flows.extend(np.asarray(flows, np.int64).reshape(len(run), width, len(_FLOW_FIELDS)))
-        self._steps.extend(np.array([step for step, _ in run], dtype=np.int64))
-        self._has_hist.extend(np.array([_payload_has_hist(p) for _, p in run], dtype=np.bool_))
-        self._stats.extend(rows, len(run))
+        self._flows.extend(flows)
+        self._steps.extend(steps)
+        self._has_hist.extend(has_hist)
+        self._stats.extend(rows, r)
 
     def _record_tensor_columns(self) -> dict[str, np.ndarray]:
         """The ``hist_record`` and ``hist_tensor`` columns of the stored buckets."""
