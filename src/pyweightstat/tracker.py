@@ -497,9 +497,13 @@ class WeightTracker:
         unfinished batches did not come along, so their records go back to the pending ones."""
         if self._executor is None or self._executor_pid == os.getpid():
             return
-        left = [record for _, job in self._jobs for record in job.records]
-        self._pending[:0] = left
+        self._requeue(self._jobs)
         self._jobs, self._executor, self._job_failed = [], None, False
+
+    def _requeue(self, jobs: list[tuple[Future[None], _Job]]) -> None:
+        """Put what ``jobs`` did not store back in front of the pending records, in order (a
+        finished batch has nothing left; a failed one keeps its failed run and those after)."""
+        self._pending[:0] = [record for _, job in jobs for record in job.records]
 
     def _run_job(self, job: _Job) -> None:
         """On the background thread: convert and store ``job``'s records, run by run."""
@@ -531,14 +535,10 @@ class WeightTracker:
         for future, _ in self._jobs:  # all waits first: an interrupt here changes nothing
             future.exception()
         jobs, self._jobs = self._jobs, []
-        error: BaseException | None = None
-        left: list[tuple[int, Any]] = []
-        for future, job in jobs:
-            error = error or future.exception()
-            if error is not None:
-                left.extend(job.records)
+        errors = [future.exception() for future, _ in jobs]
+        error = next((e for e in errors if e is not None), None)
         if error is not None:
-            self._pending[:0] = left
+            self._requeue(jobs)  # the batches after a failed one were skipped whole
             self._job_failed = False
             raise error
 
