@@ -30,6 +30,19 @@ def weights_like(
     return x
 
 
+def random_bit_patterns(n: int, dtype: torch.dtype, g: torch.Generator) -> torch.Tensor:
+    """Every class of float (normals of every exponent, subnormals, +-0, +-Inf, NaN): ``n``
+    random bit patterns of ``dtype`` (float64: every float32 value, widened), followed by their
+    finite values again, so that whole groups of a kernel take its fast path."""
+    if dtype in (torch.float32, torch.float64):
+        bits = torch.randint(-(2**31), 2**31, (n,), generator=g, dtype=torch.int64)
+        x = bits.to(torch.int32).view(torch.float32).to(dtype)
+    else:
+        bits = torch.randint(-(2**15), 2**15, (n,), generator=g, dtype=torch.int64)
+        x = bits.to(torch.int16).view(dtype)
+    return torch.cat([x, x[torch.isfinite(x)]])
+
+
 def param_list(
     sizes: tuple[int, ...] = (0, 1, 768, 3072, 70_000, 590_000), device: str = "cpu"
 ) -> list[torch.Tensor]:

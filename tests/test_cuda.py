@@ -19,6 +19,7 @@ from cuda_cases import (
     assert_log_hist_matches_reference,
     param_list,
     plan_inputs,
+    random_bit_patterns,
     weights_like,
 )
 from stats_checks import assert_summary_matches, full_log_counts
@@ -204,14 +205,7 @@ def test_log_histogram_random_bit_patterns(dtype: torch.dtype, m: int, layout: s
     # Every class of float at once (normals of every exponent, subnormals, +-0, +-Inf, NaN), for
     # the branch-free bucket formula of the kernels' fast and general paths.
     g = torch.Generator().manual_seed(m)
-    if dtype in (torch.float32, torch.float64):  # float64: every float32 value, widened
-        bits = torch.randint(-(2**31), 2**31, (1_000_003,), generator=g, dtype=torch.int64)
-        x = bits.to(torch.int32).view(torch.float32).to(dtype)
-    else:
-        bits = torch.randint(-(2**15), 2**15, (1_000_003,), generator=g, dtype=torch.int64)
-        x = bits.to(torch.int16).view(dtype)
-    # Long runs of finite values too, so whole groups take the fast path.
-    x = torch.cat([x, x[torch.isfinite(x)]]).to(DEV)
+    x = random_bit_patterns(1_000_003, dtype, g).to(DEV)
     if layout == "strided":  # the generic kernel's strided loads
         x = x[: 2 * (x.numel() // 2)].reshape(-1, 2).t()
     assert_log_hist_matches_reference(pws.log_histogram(x, mantissa_bits=m), x, m)

@@ -33,7 +33,13 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from cuda_cases import DTYPES, assert_log_hist_matches_reference, param_list, weights_like
+from cuda_cases import (
+    DTYPES,
+    assert_log_hist_matches_reference,
+    param_list,
+    random_bit_patterns,
+    weights_like,
+)
 from stats_checks import assert_summary_matches
 
 import pyweightstat as pws
@@ -436,13 +442,7 @@ def test_log_histogram_random_bit_patterns(emu: Path, tmp_path: Path, m: int) ->
     g = torch.Generator().manual_seed(m)
     xs = []
     for dtype in DTYPES:
-        if dtype in (torch.float32, torch.float64):  # float64: every float32 value, widened
-            bits = torch.randint(-(2**31), 2**31, (150_001,), generator=g, dtype=torch.int64)
-            x = bits.to(torch.int32).view(torch.float32).to(dtype)
-        else:
-            bits = torch.randint(-(2**15), 2**15, (150_001,), generator=g, dtype=torch.int64)
-            x = bits.to(torch.int16).view(dtype)
-        x = torch.cat([x, x[torch.isfinite(x)]])  # long finite runs: whole fast-path groups
+        x = random_bit_patterns(150_001, dtype, g)
         xs += [x, x[: 2 * (x.numel() // 2)].reshape(-1, 2).t()]
     (res,) = run(emu, [Describe(xs, HIST_LOG, m=m)], tmp_path)
     for x, s in zip(xs, res.summaries, strict=True):
