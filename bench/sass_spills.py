@@ -54,7 +54,8 @@ def instructions(function_sass: str) -> list[tuple[int, str]]:
 
 
 def main_loop_spills(ins: list[tuple[int, str]]) -> tuple[int, int, int] | None:
-    """(instructions, LDL, STL) of the innermost backward-branch loop holding the 16-byte loads."""
+    """(instructions, LDL, STL) of the main loop: the innermost backward-branch loop that holds
+    at least 4 16-byte loads (a rescan loop with one load per iteration is not it)."""
     best = None
     for addr, text in ins:
         m = re.search(r"BRA\b.*0x([0-9a-f]+)", text)
@@ -62,7 +63,7 @@ def main_loop_spills(ins: list[tuple[int, str]]) -> tuple[int, int, int] | None:
             continue
         start = int(m.group(1), 16)
         body = [t for a, t in ins if start <= a <= addr]
-        if not any("LDG.E.128" in t for t in body):
+        if sum("LDG.E.128" in t for t in body) < 4:
             continue
         stats = (len(body), sum("LDL" in t for t in body), sum("STL" in t for t in body))
         if best is None or stats[0] < best[0]:

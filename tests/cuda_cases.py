@@ -43,6 +43,22 @@ def random_bit_patterns(n: int, dtype: torch.dtype, g: torch.Generator) -> torch
     return torch.cat([x, x[torch.isfinite(x)]])
 
 
+def extremes_beside_infinities(dtype: torch.dtype, chunk: int = 1 << 16) -> list[torch.Tensor]:
+    """Tensors of 0.5s whose finite minimum and maximum share a thread's 16-byte loads with an
+    infinity: the 16-bit kernels take the extremes on packed words and re-read the values of a
+    thread that met an infinity. In the first tensor the thread meets ``-inf`` and ``-3`` in one
+    load and ``+inf`` and ``7`` one loop step (1024 loads) apart, in whole steps of a chunk; in
+    the second ``-inf`` and ``-2.5`` fall in the partial step of a short last chunk. Each also
+    holds zeros in that thread's loads. (Vector indices are those of the 16-bit kernels: 8 values
+    per load, 256 threads.)"""
+    a = torch.full((2 * chunk + 4099,), 0.5, dtype=torch.float64)
+    a[8 * 1000 + 1], a[8 * 1000 + 5], a[8 * 1000 + 6] = float("-inf"), -3.0, 0.0
+    a[8 * 3000 + 6], a[8 * (3000 + 1024) + 2], a[8 * 3000 + 7] = float("inf"), 7.0, -0.0
+    b = torch.full((chunk + 4099,), 0.5, dtype=torch.float64)
+    b[chunk + 8 * 100 + 3], b[chunk + 8 * 100], b[chunk + 8 * 356] = float("-inf"), -2.5, 0.0
+    return [a.to(dtype), b.to(dtype)]
+
+
 def param_list(
     sizes: tuple[int, ...] = (0, 1, 768, 3072, 70_000, 590_000), device: str = "cpu"
 ) -> list[torch.Tensor]:

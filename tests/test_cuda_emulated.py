@@ -36,6 +36,7 @@ import torch
 from cuda_cases import (
     DTYPES,
     assert_log_hist_matches_reference,
+    extremes_beside_infinities,
     param_list,
     random_bit_patterns,
     weights_like,
@@ -483,6 +484,19 @@ def test_log_window_across_chunks_and_special_tensors(emu: Path, tmp_path: Path)
     assert const.mean == 2.5 and const.var == 0.0
     total = res.total
     assert total.hist == pws.describe_many(xs, mantissa_bits=3, total=True)[1].hist
+
+
+def test_extremes_of_threads_that_met_an_infinity(emu: Path, tmp_path: Path) -> None:
+    # 16-bit inputs: extremes on packed words, re-read for a thread that met an infinity
+    xs = [x for dtype in DTYPES for x in extremes_beside_infinities(dtype, CHUNK)]
+    results = run(emu, [Describe(xs), Describe(xs, HIST_LOG, m=3)], tmp_path)
+    for res in results:  # the moments kernels, and the log-histogram ones
+        for x, s in zip(xs, res.summaries, strict=True):
+            long = x.numel() > 2 * CHUNK
+            assert (s.min, s.max) == ((-3.0, 7.0) if long else (-2.5, 0.5)), x.dtype
+            counts = (s.posinf_count, s.neginf_count, s.zero_count)
+            assert counts == ((1, 1, 2) if long else (0, 1, 1)), x.dtype
+            _same_counts(s, pws.describe(x))
 
 
 @pytest.mark.parametrize(

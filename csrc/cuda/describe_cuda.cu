@@ -141,6 +141,115 @@ __device__ __forceinline__ void unpack16(const uint4& q, float* v) {
     }
   }
 }
+// ---------------------------------------------------------------- packed 16-bit summaries
+// A 16-byte load of float16 or bfloat16 holds 4 words of two values each (the lower-indexed value
+// in the low half, as unpack16 reads them). The extremes and the zero count of these inputs are
+// taken on whole words as soon as they are loaded: one HMNMX2 per word for each extreme, and one
+// HSET2 per word giving a 0xffff mask per zero half, the masks summed with IADD3, in place of two
+// FMNMX and an FSET + FADD per value. NaN halves drop out of min and max (the instructions return
+// the other operand) and are not zero, so the words need no test; an infinity would enter the
+// extremes of the finite values, so a thread that counted one takes its extremes again from
+// memory at the end of its chunk (rescan_extremes). The inline PTX is used where the target has
+// the instruction; elsewhere (older targets, and the host CUDA emulator of the tests) the portable
+// code computes the same bits.
+template <class T>
+__device__ __forceinline__ float half_to_float(uint32_t bits16) {
+  if constexpr (std::is_same_v<T, half_t>) {
+    return __half2float(__ushort_as_half(static_cast<unsigned short>(bits16)));
+  } else {
+    return __uint_as_float(bits16 << 16);
+  }
+}
+
+// The smaller (kMax: larger) of each pair of halves of a and b, as the original bits; a NaN half
+// gives the other operand's half (a is never NaN here: it starts at an infinity). Which of -0 and
+// +0 comes out is not specified (the engine compares zeros as equal).
+template <class T, bool kMax>
+__device__ __forceinline__ uint32_t minmax2(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  uint32_t d;
+  if constexpr (std::is_same_v<T, half_t>) {
+    if constexpr (kMax) {
+      asm("max.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+    } else {
+      asm("min.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+    }
+  } else {
+    if constexpr (kMax) {
+      asm("max.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+    } else {
+      asm("min.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+    }
+  }
+  return d;
+#else
+  uint32_t d = 0;
+  for (int k = 0; k < 2; ++k) {
+    const uint32_t ha = (a >> (16 * k)) & 0xffffu, hb = (b >> (16 * k)) & 0xffffu;
+    const float fa = half_to_float<T>(ha), fb = half_to_float<T>(hb);
+    const bool take_b = kMax ? fb > fa : fb < fa;
+    d |= (take_b ? hb : ha) << (16 * k);
+  }
+  return d;
+#endif
+}
+
+// 0xffff in each half of w that holds +0 or -0, else 0 (NaN and subnormals are not zero).
+template <class T>
+__device__ __forceinline__ uint32_t zero_mask2(uint32_t w) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same_v<T, half_t>) {
+    uint32_t d;
+    asm("set.eq.u32.f16x2 %0, %1, %2;" : "=r"(d) : "r"(w), "r"(0u));  // sm_53 and later
+    return d;
+  }
+#if __CUDA_ARCH__ >= 900
+  if constexpr (std::is_same_v<T, bfloat16_t>) {
+    uint32_t d;
+    asm("set.eq.u32.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(w), "r"(0u));
+    return d;
+  }
+#endif
+#endif
+  const uint32_t lo = (w & 0x7fffu) == 0u ? 0x0000ffffu : 0u;
+  const uint32_t hi = (w & 0x7fff0000u) == 0u ? 0xffff0000u : 0u;
+  return lo | hi;
+}
+
+// Count of zero halves from a sum of zero masks: the sum is 0xffff * (L + 65536 H) mod 2^32 for L
+// zeros in low halves and H in high ones, and 0xfffeffff is the inverse of 0xffff mod 2^32
+// (exact while L < 65536 and H < 65536: a thread sees at most kChunk / kThreads values per chunk).
+static_assert(kChunk / kThreads < 65536, "zero masks of a chunk must not wrap");
+__device__ __forceinline__ int32_t zero_count_from_masks(uint32_t sum) {
+  const uint32_t x = sum * 0xfffeffffu;
+  return static_cast<int32_t>((x & 0xffffu) + (x >> 16));
+}
+
+// What a load past the end of the chunk holds (its values are padding, never counted): zeros, and
+// for 16-bit inputs quiet NaNs, which fold_words ignores, so it needs no test of the load.
+template <class T>
+__device__ __forceinline__ typename Raw<T>::type padding_raw() {
+  if constexpr (sizeof(T) == 2) {
+    constexpr uint32_t nan2 = std::is_same_v<T, half_t> ? 0x7e007e00u : 0x7fc07fc0u;
+    return uint4{nan2, nan2, nan2, nan2};
+  } else {
+    return typename Raw<T>::type{};
+  }
+}
+
+// Fold the 4 words of one 16-byte load into the packed accumulators.
+template <class T>
+__device__ __forceinline__ void fold_words(const uint4& q, uint32_t& mn, uint32_t& mx,
+                                           uint32_t& zeros) {
+  const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    mn = minmax2<T, false>(mn, w[k]);
+    mx = minmax2<T, true>(mx, w[k]);
+    zeros += zero_mask2<T>(w[k]);
+  }
+}
+
 template <class T, class CT>
 __device__ __forceinline__ void unpack_to(const typename Raw<T>::type& q, CT* v) {
   if constexpr (sizeof(T) == 2) {
@@ -181,6 +290,9 @@ struct Acc {
   CT scale, sshift;                      // warp-uniform; sshift = shift * scale
   CT mn, mx;                             // +inf / -inf until a finite value is seen
   double s1, s2, s3, s4, sab, ssq;
+  // aligned 16-bit inputs: extremes as packed words (both halves +inf / -inf at first) and the
+  // sum of the zero masks of every loaded word; folded into mn, mx and zero by packed_finish
+  uint32_t pmn, pmx, pzero;
 };
 
 template <class CT>
@@ -198,6 +310,31 @@ __device__ __forceinline__ void acc_init(Acc<CT>& a) {
   a.mn = ct_inf<CT>();
   a.mx = -ct_inf<CT>();
   a.s1 = a.s2 = a.s3 = a.s4 = a.sab = a.ssq = 0.0;
+  a.pmn = a.pmx = a.pzero = 0u;
+}
+
+// Packed accumulators of a 16-bit input: +inf / -inf in both halves, no zeros.
+template <class T, class CT>
+__device__ __forceinline__ void packed_init(Acc<CT>& a) {
+  constexpr uint32_t inf = std::is_same_v<T, half_t> ? 0x7c00u : 0x7f80u;
+  a.pmn = inf | (inf << 16);
+  a.pmx = (inf | 0x8000u) * 0x00010001u;
+  a.pzero = 0u;
+}
+
+// Fold the packed accumulators into mn, mx and zero (the extremes only when the thread counted no
+// infinity: otherwise the caller rescans).
+template <class T, class CT>
+__device__ __forceinline__ void packed_finish(Acc<CT>& a) {
+  a.zero += zero_count_from_masks(a.pzero);
+  if (a.posinf + a.neginf != 0) return;
+#pragma unroll
+  for (int k = 0; k < 2; ++k) {
+    const CT lo = half_to_float<T>((a.pmn >> (16 * k)) & 0xffffu);
+    const CT hi = half_to_float<T>((a.pmx >> (16 * k)) & 0xffffu);
+    a.mn = lo < a.mn ? lo : a.mn;
+    a.mx = hi > a.mx ? hi : a.mx;
+  }
 }
 
 // Histogram context of one block: shared counters (privatised) or the tensor's global record.
@@ -325,7 +462,9 @@ constexpr bool kWindowFromExtremes = kState && std::is_same_v<CT, float>;
 // compute precision without any per-value test, then added into float64; one check of the group
 // (a NaN or infinity, or an overflow, makes a sum non-finite) sends the rare failing groups to the
 // slow path, which sums their finite values directly in float64 and counts NaN and infinities.
-template <bool kState, int kHist, class CT, int N>
+//
+// kPacked: the values' extremes and zeros are already in the packed accumulators (fold_words).
+template <bool kState, int kHist, bool kPacked = false, class CT, int N>
 __device__ __forceinline__ void consume(Acc<CT>& a, HistCtx& h, const CT (&v)[N],
                                         const bool (&ok)[N]) {
   bool fast = false;  // every value present and finite (and its power sums in range)
@@ -336,11 +475,11 @@ __device__ __forceinline__ void consume(Acc<CT>& a, HistCtx& h, const CT (&v)[N]
     for (int j = 0; j < N; ++j) all_ok = all_ok && ok[j];
     if (all_ok) {
       CT p1 = CT(0), p2 = CT(0), p3 = CT(0), p4 = CT(0), pab = CT(0), psq = CT(0);
-      CT gmn = v[0], gmx = v[0];
+      [[maybe_unused]] CT gmn = v[0], gmx = v[0];
       // float inputs count zeros in a float (exact: at most N), FSET and FADD per value instead
       // of a compare and two integer instructions
       using ZT = std::conditional_t<std::is_same_v<CT, float>, float, int32_t>;
-      ZT zeros = ZT(0);
+      [[maybe_unused]] ZT zeros = ZT(0);
 #pragma unroll
       for (int j = 0; j < N; ++j) {
         const CT xs = v[j] * a.scale;
@@ -352,16 +491,22 @@ __device__ __forceinline__ void consume(Acc<CT>& a, HistCtx& h, const CT (&v)[N]
         p4 += d2 * d2;
         pab += abs_ct(v[j]);
         psq += xs * xs;
-        gmn = min_ct(gmn, v[j]);  // all finite here: FMNMX instead of a compare and a select
-        gmx = max_ct(gmx, v[j]);
-        zeros += (v[j] == CT(0)) ? ZT(1) : ZT(0);
+        if constexpr (!kPacked) {
+          gmn = min_ct(gmn, v[j]);  // all finite here: FMNMX instead of a compare and a select
+          gmx = max_ct(gmx, v[j]);
+          zeros += (v[j] == CT(0)) ? ZT(1) : ZT(0);
+        }
       }
-      fast = is_finite_ct(p4) && is_finite_ct(psq) && is_finite_ct(pab);
+      // the three are sums of non-negative terms (or NaN): their sum is finite exactly when
+      // each is, or overflows (and the group takes the slow path) only near the float limit
+      fast = is_finite_ct(p4 + psq + pab);
       if (fast) {
         a.n += N;
-        a.zero += static_cast<int32_t>(zeros);
-        a.mn = gmn < a.mn ? gmn : a.mn;
-        a.mx = gmx > a.mx ? gmx : a.mx;
+        if constexpr (!kPacked) {
+          a.zero += static_cast<int32_t>(zeros);
+          a.mn = gmn < a.mn ? gmn : a.mn;
+          a.mx = gmx > a.mx ? gmx : a.mx;
+        }
         a.s1 += static_cast<double>(p1);
         a.s2 += static_cast<double>(p2);
         a.s3 += static_cast<double>(p3);
@@ -375,7 +520,7 @@ __device__ __forceinline__ void consume(Acc<CT>& a, HistCtx& h, const CT (&v)[N]
 #pragma unroll
       for (int j = 0; j < N; ++j) {
         if (!ok[j]) continue;
-        a.zero += (v[j] == CT(0)) ? 1 : 0;
+        if constexpr (!kPacked) a.zero += (v[j] == CT(0)) ? 1 : 0;
         if (is_finite_ct(v[j])) {  // a finite value implies the warp has a shift
           const double x = static_cast<double>(v[j]);
           const double d = (x - shift) * scale, d2 = d * d, xs = x * scale;
@@ -385,8 +530,10 @@ __device__ __forceinline__ void consume(Acc<CT>& a, HistCtx& h, const CT (&v)[N]
           a.s4 += d2 * d2;
           a.sab += fabs(x);
           a.ssq += xs * xs;
-          a.mn = v[j] < a.mn ? v[j] : a.mn;
-          a.mx = v[j] > a.mx ? v[j] : a.mx;
+          if constexpr (!kPacked) {
+            a.mn = v[j] < a.mn ? v[j] : a.mn;
+            a.mx = v[j] > a.mx ? v[j] : a.mx;
+          }
           ++a.n;
         } else if (v[j] != v[j]) {
           ++a.nan;
@@ -500,6 +647,70 @@ __device__ __forceinline__ void warp_sum(Acc<CT>& a) {
 constexpr int kLoads = 4;
 constexpr int kGroup = 16;
 
+// Extremes of the finite values among this thread's vectors of the chunk (x[i * V ...] for
+// i = tid, tid + kThreads, ... < nv), read again: for a thread whose packed extremes took in an
+// infinity. Infinite weights are rare, so this second read costs nothing in practice.
+template <class T, class CT>
+struct Extremes {
+  CT mn, mx;
+};
+
+template <class T, class CT>
+__device__ __noinline__ Extremes<T, CT> rescan_extremes(const T* x, int64_t nv, CT mn, CT mx) {
+  constexpr int V = VecWidth<T>::value;
+  for (int64_t i = threadIdx.x; i < nv; i += kThreads) {
+    CT v[V];
+    unpack_to<T>(load_raw(x + i * V), v);
+#pragma unroll
+    for (int j = 0; j < V; ++j) {
+      if (is_finite_ct(v[j])) {
+        mn = v[j] < mn ? v[j] : mn;
+        mx = v[j] > mx ? v[j] : mx;
+      }
+    }
+  }
+  return Extremes<T, CT>{mn, mx};
+}
+
+// One step of the aligned loop: kLoads vector loads per thread from vector v0 on (kFull: all of
+// them below nv), consumed in groups of kGroup values.
+template <class T, bool kState, int kHist, bool kFull>
+__device__ __forceinline__ void vector_step(const T* x, int64_t v0, int64_t nv, HistCtx& h,
+                                            Acc<typename Compute<T>::type>& a) {
+  using CT = typename Compute<T>::type;
+  constexpr int V = VecWidth<T>::value;
+  constexpr int G = V * kLoads < kGroup ? V * kLoads : kGroup;  // values per group
+  constexpr int kGroups = V * kLoads / G;
+  constexpr bool kPacked = kState && sizeof(T) == 2;
+  const int tid = static_cast<int>(threadIdx.x);
+  typename Raw<T>::type raw[kLoads];
+  bool in[kLoads];
+#pragma unroll
+  for (int u = 0; u < kLoads; ++u) {
+    const int64_t i = v0 + u * kThreads + tid;
+    in[u] = kFull || i < nv;
+    if (in[u]) {
+      raw[u] = load_raw(x + i * V);
+    } else {
+      raw[u] = padding_raw<T>();
+    }
+  }
+  if constexpr (kPacked) {
+#pragma unroll
+    for (int u = 0; u < kLoads; ++u) fold_words<T>(raw[u], a.pmn, a.pmx, a.pzero);
+  }
+#pragma unroll
+  for (int g = 0; g < kGroups; ++g) {
+    CT vals[G];
+    bool ok[G];
+#pragma unroll
+    for (int u = 0; u < G / V; ++u) unpack_to<T>(raw[g * (G / V) + u], vals + u * V);
+#pragma unroll
+    for (int j = 0; j < G; ++j) ok[j] = in[(g * G + j) / V];
+    consume<kState, kHist, kPacked>(a, h, vals, ok);
+  }
+}
+
 // Accumulate the chunk [start, start + len) of e into a (and h). kAlignedOnly: the caller
 // guarantees e.aligned (no strided code is generated). Called by all threads of the block; only
 // warp-level synchronisation inside.
@@ -511,32 +722,22 @@ __device__ __forceinline__ void accumulate_chunk(const Entry& e, int64_t start, 
   const T* base = static_cast<const T*>(e.data);
   if (kAlignedOnly || e.aligned) {
     constexpr int V = VecWidth<T>::value;
-    constexpr int G = V * kLoads < kGroup ? V * kLoads : kGroup;  // values per group
-    constexpr int kGroups = V * kLoads / G;
     const T* x = base + start;
     const int64_t nv = len / V;
-    for (int64_t v0 = 0; v0 < nv; v0 += kLoads * kThreads) {
-      typename Raw<T>::type raw[kLoads];
-      bool in[kLoads];
-#pragma unroll
-      for (int u = 0; u < kLoads; ++u) {
-        const int64_t i = v0 + u * kThreads + tid;
-        in[u] = i < nv;
-        if (in[u]) {
-          raw[u] = load_raw(x + i * V);
-        } else {
-          raw[u] = typename Raw<T>::type{};
-        }
-      }
-#pragma unroll
-      for (int g = 0; g < kGroups; ++g) {
-        CT vals[G];
-        bool ok[G];
-#pragma unroll
-        for (int u = 0; u < G / V; ++u) unpack_to<T>(raw[g * (G / V) + u], vals + u * V);
-#pragma unroll
-        for (int j = 0; j < G; ++j) ok[j] = in[(g * G + j) / V];
-        consume<kState, kHist>(a, h, vals, ok);
+    constexpr bool kPacked = kState && sizeof(T) == 2;
+    if constexpr (kPacked) packed_init<T>(a);
+    // whole steps (every load of every thread in the chunk: no tests), then the rest
+    constexpr int64_t kStep = kLoads * kThreads;
+    const int64_t full = nv / kStep * kStep;
+    for (int64_t v0 = 0; v0 < full; v0 += kStep)
+      vector_step<T, kState, kHist, true>(x, v0, nv, h, a);
+    if (full < nv) vector_step<T, kState, kHist, false>(x, full, nv, h, a);
+    if constexpr (kPacked) {
+      packed_finish<T>(a);
+      if (a.posinf + a.neginf != 0) {
+        const Extremes<T, CT> r = rescan_extremes<T, CT>(x, nv, a.mn, a.mx);
+        a.mn = r.mn;
+        a.mx = r.mx;
       }
     }
     const int64_t done = nv * V;

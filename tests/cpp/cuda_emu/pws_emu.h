@@ -554,6 +554,7 @@ inline T* dynamic_shared() {
 #define __device__
 #define __host__
 #define __forceinline__ inline
+#define __noinline__ __attribute__((noinline))
 #define __grid_constant__
 #define __launch_bounds__(...)
 #define __shared__ static
