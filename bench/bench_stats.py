@@ -465,6 +465,8 @@ def bench_tensor(
         host_timer = Timer(device, timer.repeat, timer.budget_s)
         tm, _ = host_timer(lambda: pws.describe(t))
         add("moments, no lead", "pyweightstat", tm, note="events include the host's call time")
+    if device == "cuda":  # where the fixed cost of one pass goes (fused vs finalize kernel)
+        kernel_profile(lambda: pws.describe(t), 20, "call", log, top=4)
     tm, s = timer(lambda: pws.describe(t, bins=HIST_BINS, range=HIST_RANGE))
     check_summary(s, ref, f"describe(bins) {dtype_name} {n}")
     check_hist(s.hist, t, histc, f"describe(bins) {dtype_name} {n}")
@@ -733,6 +735,36 @@ def bench_many(
     return info
 
 
+def kernel_profile(
+    fn: Callable[[], Any], calls: int, unit: str, log: Callable, top: int = 12
+) -> list[dict[str, Any]]:
+    """Device time of each kernel and copy over ``calls`` calls of ``fn`` (torch.profiler),
+    logged per call, largest first; empty (and logged) where the profiler is unavailable. A
+    diagnostic, never a reason to fail the run."""
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+        kernels = []
+        for ev in prof.key_averages():
+            total = getattr(ev, "device_time_total", None)
+            if total is None:
+                total = getattr(ev, "cuda_time_total", 0.0)
+            if total > 0:
+                kernels.append({"name": ev.key[:90], "calls": ev.count, "total_us": total})
+    except Exception as exc:
+        log(f"  (kernel profile unavailable: {exc})")
+        return []
+    kernels.sort(key=lambda k: -k["total_us"])
+    for k in kernels[:top]:
+        per = k["total_us"] / calls
+        log(f"    {per:9.1f} us/{unit}  x{k['calls'] / calls:g}  {k['name']}")
+    return kernels[:top]
+
+
 def _host_profile(fn: Callable[[], Any], calls: int, top: int = 12) -> list[dict[str, Any]]:
     """The functions with the most own host time over ``calls`` calls of ``fn`` (cProfile)."""
     import cProfile
@@ -854,26 +886,7 @@ def bench_tracker(
             f"hist_every=4: {1e3 * out['tracker_hist_every4_gpu_s']:.3f} ms "
             f"({100 * out['tracker_hist_every4_gpu_s'] / step_s:.2f} %)"
         )
-        try:  # per-kernel device times of five records
-            from torch.profiler import ProfilerActivity, profile
-
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(5):
-                    tracker.record()
-                torch.cuda.synchronize()
-            kernels = []
-            for ev in prof.key_averages():
-                total = getattr(ev, "device_time_total", None)
-                if total is None:
-                    total = getattr(ev, "cuda_time_total", 0.0)
-                if total > 0:
-                    kernels.append({"name": ev.key[:90], "calls": ev.count, "total_us": total})
-            kernels.sort(key=lambda k: -k["total_us"])
-            out["tracker_kernels_5_records"] = kernels[:12]
-            for k in kernels[:12]:
-                log(f"    {k['total_us'] / 5:9.1f} us/record  x{k['calls'] // 5}  {k['name']}")
-        except Exception as exc:  # a diagnostic, never a reason to fail the run
-            log(f"  (kernel profile unavailable: {exc})")
+        out["tracker_kernels_5_records"] = kernel_profile(tracker.record, 5, "record", log)
     t0 = time.perf_counter()
     out["tracker_final_flush_records"] = len(tracker._pending)
     tracker.trajectory()  # copies what is still pending (on CUDA: the last 3 records)

@@ -17,6 +17,7 @@ import torch
 from cuda_cases import (
     DTYPES,
     assert_log_hist_matches_reference,
+    extremes_beside_infinities,
     param_list,
     plan_inputs,
     random_bit_patterns,
@@ -85,6 +86,22 @@ def test_moments_match_reference_and_cpu(dtype: torch.dtype, n: int) -> None:
         assert getattr(s, name) == getattr(c, name) or (
             np.isnan(getattr(s, name)) and np.isnan(getattr(c, name))
         ), name
+
+
+@pytest.mark.parametrize("mantissa_bits", [None, 3])
+def test_extremes_of_threads_that_met_an_infinity(mantissa_bits: int | None) -> None:
+    # 16-bit inputs take their extremes on packed words (HMNMX2) and re-read them in a thread
+    # that met an infinity; the same cases as the emulated test
+    for dtype in DTYPES:
+        long, short = extremes_beside_infinities(dtype)
+        for x, want in ((long, (-3.0, 7.0, 1, 1, 2)), (short, (-2.5, 0.5, 0, 1, 1))):
+            s = pws.describe(x.cuda(), mantissa_bits=mantissa_bits)
+            got = (s.min, s.max, s.posinf_count, s.neginf_count, s.zero_count)
+            assert got == want, (dtype, x.numel())
+            c = pws.describe(x, mantissa_bits=mantissa_bits)
+            assert got == (c.min, c.max, c.posinf_count, c.neginf_count, c.zero_count)
+            if mantissa_bits is not None:
+                assert s.hist == c.hist
 
 
 def test_large_offset_accuracy() -> None:
