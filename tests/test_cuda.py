@@ -259,6 +259,26 @@ def test_quantile_matches_cpu() -> None:
     np.testing.assert_array_equal(pws.quantile(x, q), pws.quantile(x.cpu(), q))
 
 
+@pytest.mark.parametrize("kw", [{}, {"bins": 64}])  # bins without range: data edges need the merge
+def test_two_level_merge_of_large_tensors(kw: dict) -> None:
+    # Tensors of more than 256 chunks (16.7 M values) have their chunk states merged in groups of
+    # 256 first; in one launch with tensors that have no groups (the group-table search).
+    sizes = [(1000, torch.float32), (20_000_003, torch.float32), (70_000, torch.bfloat16)]
+    sizes += [(17_000_000, torch.bfloat16), (16_777_216, torch.float32)]  # 256 chunks: one level
+    xs = [_data(n, dtype, seed=n) for n, dtype in sizes]
+    res, total = pws.describe_many(xs, total=True, **kw)
+    for x, s in zip(xs, res, strict=True):
+        assert_summary_matches(s, ref_moments(x), f"{x.dtype} n={x.numel()}")
+        c = pws.describe(x.cpu(), **kw)
+        for name in ("count", "nan_count", "posinf_count", "neginf_count", "zero_count"):
+            assert getattr(s, name) == getattr(c, name), name
+        assert (s.min, s.max) == (c.min, c.max)
+        if kw:
+            assert s.hist == c.hist
+    allx = torch.cat([x.reshape(-1).double() for x in xs])
+    assert_summary_matches(total, ref_moments(allx), "total")
+
+
 # ------------------------------------------------------------------------------ many tensors
 def _param_list() -> list[torch.Tensor]:
     # > 200 tensors (two launches), mixed dtypes, sizes and layouts, with empties.

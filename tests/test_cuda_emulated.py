@@ -96,7 +96,9 @@ def emu(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 # The emulated sources: no fused multiply-adds the device code did not ask for (the edges must be
 # np.linspace's bits on every host), and byte buffers read as wider types.
-EMULATION_FLAGS = ["-ffp-contract=off", "-fno-strict-aliasing"]
+# PWS_MERGE_GROUP=2: a tensor of more than 2 chunks takes the two-level merge of its chunk
+# states (256 on a GPU build, i.e. above 16.7 M values), so both merge shapes run here.
+EMULATION_FLAGS = ["-ffp-contract=off", "-fno-strict-aliasing", "-DPWS_MERGE_GROUP=2"]
 # AddressSanitizer + UndefinedBehaviorSanitizer, aborting at the first report.
 SANITIZE = ["-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"]
 SANITIZE += ["-fno-omit-frame-pointer"]

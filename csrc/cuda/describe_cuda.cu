@@ -53,6 +53,8 @@ struct EntryTable {
   int32_t kind;                        // KernelKind of every entry
   int64_t chunk_base;                  // scratch index of this launch's first chunk
   int64_t chunk_begin[kMaxBatch + 1];  // prefix sums of chunks, relative to chunk_base
+  int64_t group_base;                  // scratch index of this launch's first merge group
+  int32_t group_begin[kMaxBatch + 1];  // prefix sums of merge groups, relative to group_base
   int32_t index[kMaxBatch];            // global tensor index of each entry
   Entry entries[kMaxBatch];
 };
@@ -938,14 +940,43 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
   }
 }
 
-// One block per tensor: merge its chunk states; for kEdgesData also write its bin edges.
+// Merge groups of kMergeGroup chunk states: block b merges group b of the launch (its tensor is
+// the last one whose first group is <= b, which has groups) into scratch slot group_base + b.
+__global__ void __launch_bounds__(kThreads)
+    group_merge_kernel(const __grid_constant__ EntryTable tab, const Params p) {
+  __shared__ MomentState part[kThreads];
+  const int32_t b = static_cast<int32_t>(blockIdx.x);
+  int lo = 0, hi = tab.count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (tab.group_begin[mid] <= b) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  const int t = lo;
+  const int64_t first = static_cast<int64_t>(b - tab.group_begin[t]) * kMergeGroup;
+  const int64_t nch = tab.chunk_begin[t + 1] - tab.chunk_begin[t];
+  block_merge_range(p.scratch + tab.chunk_base + tab.chunk_begin[t] + first,
+                    min(kMergeGroup, nch - first), part);
+  if (threadIdx.x == 0) p.scratch[tab.group_base + b] = part[0];
+}
+
+// One block per tensor: merge its chunk states (or its groups' results); for kEdgesData also
+// write its bin edges.
 __global__ void __launch_bounds__(kThreads)
     finalize_kernel(const __grid_constant__ EntryTable tab, const Params p) {
   __shared__ MomentState part[kThreads];
   const int t = static_cast<int>(blockIdx.x);
   const int64_t gt = tab.index[t];
-  const int64_t nch = tab.chunk_begin[t + 1] - tab.chunk_begin[t];
-  block_merge_range(p.scratch + tab.chunk_base + tab.chunk_begin[t], nch, part);
+  const int64_t ngroups = tab.group_begin[t + 1] - tab.group_begin[t];
+  if (ngroups > 0) {
+    block_merge_range(p.scratch + tab.group_base + tab.group_begin[t], ngroups, part);
+  } else {
+    const int64_t nch = tab.chunk_begin[t + 1] - tab.chunk_begin[t];
+    block_merge_range(p.scratch + tab.chunk_base + tab.chunk_begin[t], nch, part);
+  }
   if (threadIdx.x == 0) p.states[gt] = part[0];
   if (p.edge_mode == kEdgesData) {
     const MomentState& r = part[0];
@@ -1110,6 +1141,11 @@ void launch_fused(const EntryTable& tab, const Params& p, size_t smem, cudaStrea
 }
 
 void launch_finalize(const EntryTable& tab, const Params& p, cudaStream_t s) {
+  if (tab.group_begin[tab.count] > 0) {
+    PWS_LAUNCH(static_cast<unsigned>(tab.group_begin[tab.count]), kThreads, 0, s,
+               group_merge_kernel)(tab, p);
+    PWS_CUDA_CHECK_LAUNCH("group_merge_kernel launch");
+  }
   PWS_LAUNCH(static_cast<unsigned>(tab.count), kThreads, 0, s, finalize_kernel)(tab, p);
   PWS_CUDA_CHECK_LAUNCH("finalize_kernel launch");
 }
@@ -1130,9 +1166,19 @@ int32_t kernel_kind(const Entry& e) {
 
 // Launch tables: entries grouped by kernel kind (in kind order, then input order), at most
 // kMaxBatch per table. Deterministic in the inputs' dtypes, sizes and layouts only.
+int64_t chunks_of(int64_t numel) { return (numel + kChunk - 1) / kChunk; }
+
+// Merge groups of a tensor: none when its chunk states fit one block.
+int64_t groups_of(int64_t numel) {
+  const int64_t c = chunks_of(numel);
+  return c > kMergeGroup ? (c + kMergeGroup - 1) / kMergeGroup : 0;
+}
+
 std::vector<EntryTable> make_tables(const std::vector<Entry>& entries) {
   std::vector<EntryTable> tables;
   int64_t chunk_base = 0;
+  int64_t group_base = 0;  // then offset by the chunk states of every table
+  for (const Entry& e : entries) group_base += chunks_of(e.numel);
   for (int32_t kind = 0; kind <= kKindGeneric; ++kind) {
     std::vector<int32_t> members;
     for (size_t i = 0; i < entries.size(); ++i) {
@@ -1144,16 +1190,22 @@ std::vector<EntryTable> make_tables(const std::vector<Entry>& entries) {
       tab.count = static_cast<int32_t>(n);
       tab.kind = kind;
       tab.chunk_base = chunk_base;
-      int64_t c = 0;
+      tab.group_base = group_base;
+      int64_t c = 0, gr = 0;
       for (size_t i = 0; i < n; ++i) {
         const int32_t g = members[b0 + i];
         tab.index[i] = g;
         tab.entries[i] = entries[static_cast<size_t>(g)];
         tab.chunk_begin[i] = c;
-        c += (entries[static_cast<size_t>(g)].numel + kChunk - 1) / kChunk;
+        tab.group_begin[i] = static_cast<int32_t>(gr);
+        c += chunks_of(entries[static_cast<size_t>(g)].numel);
+        gr += groups_of(entries[static_cast<size_t>(g)].numel);
       }
+      if (gr > INT_MAX) throw std::runtime_error("pyweightstat: too many CUDA merge groups");
       tab.chunk_begin[n] = c;
+      tab.group_begin[n] = static_cast<int32_t>(gr);
       chunk_base += c;
+      group_base += gr;
       tables.push_back(tab);
     }
   }
@@ -1170,7 +1222,10 @@ Layout make_layout(const std::vector<int64_t>& numels, const Request& req) {
   if (req.hist_kind == kHistLog) L.nb = log_num_buckets(req.mantissa_bits);
   L.record = req.hist_kind == kHistNone ? 0 : kHistHeader + L.nb;
   if (req.hist_kind == kHistUniform) L.edge_arrays = req.edge_mode == kEdgesRange ? 1 : L.tensors;
-  for (int64_t n : numels) L.chunks += (n + kChunk - 1) / kChunk;
+  for (int64_t n : numels) {
+    L.chunks += chunks_of(n);
+    L.groups += groups_of(n);
+  }
   const size_t p1 = static_cast<size_t>(L.tensors + 1);
   L.off_states = 0;
   L.off_hist = round_up(p1 * sizeof(MomentState), 256);
@@ -1178,7 +1233,8 @@ Layout make_layout(const std::vector<int64_t>& numels, const Request& req) {
   L.result_bytes = round_up(
       L.off_edges + static_cast<size_t>(L.edge_arrays) * static_cast<size_t>(req.bins + 1) * 8,
       256);
-  L.scratch_bytes = static_cast<size_t>(L.chunks > 0 ? L.chunks : 1) * sizeof(MomentState);
+  L.scratch_bytes =
+      static_cast<size_t>(L.chunks + L.groups > 0 ? L.chunks + L.groups : 1) * sizeof(MomentState);
   return L;
 }
 

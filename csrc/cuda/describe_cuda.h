@@ -6,7 +6,8 @@
 //   2. (uniform histograms) the bin edges, computed on the device (np.linspace's exact values),
 //   3. per batch of up to kMaxBatch tensors, one launch of the fused kernel over (tensor, chunk)
 //      work items, writing one moment state per chunk and adding into the histogram records,
-//   4. per batch, one launch that merges each tensor's chunk states in a fixed order.
+//   4. per batch, the merge of each tensor's chunk states in a fixed order: one launch over groups
+//      of kMergeGroup chunk states of the tensors that have more, then one block per tensor.
 // Results stay in a device buffer laid out as described by `Layout` until they are fetched.
 #pragma once
 #include <cstddef>
@@ -22,6 +23,15 @@ namespace pws::cuda {
 // depend on the GPU; multiple of every vector width, so chunk starts keep 16-byte alignment.
 constexpr int64_t kChunk = int64_t(1) << 16;
 constexpr int kThreads = 256;
+// Chunk states merged by one block of the first merge level: a tensor with more chunks first has
+// its chunk states merged in groups of this many (one launch, many blocks), then the groups'
+// results (one block per tensor); a tensor with fewer goes straight to the second level. Fixed
+// (like kChunk), so the merge order does not depend on the GPU. The host-emulated tests shrink it
+// so that both shapes run on small tensors.
+#ifndef PWS_MERGE_GROUP
+#define PWS_MERGE_GROUP 256
+#endif
+constexpr int64_t kMergeGroup = PWS_MERGE_GROUP;
 // Dimensions of a strided input after merging contiguous ones (more: the caller copies it).
 constexpr int kMaxCudaDims = 6;
 // Tensors per launch: the table travels as a __grid_constant__ kernel parameter (< 32 KB).
@@ -64,11 +74,12 @@ struct Layout {
   int64_t record = 0;       // int64 values per histogram record (kHistHeader + nb), 0 if none
   int64_t edge_arrays = 0;  // arrays of bins + 1 edges
   int64_t chunks = 0;       // total work items
+  int64_t groups = 0;       // partial merges of tensors with more than kMergeGroup chunks
   size_t off_states = 0;    // (P + 1) MomentState; slot P is the total
   size_t off_hist = 0;      // (P + 1) records
   size_t off_edges = 0;     // edge_arrays x (bins + 1) float64
   size_t result_bytes = 0;
-  size_t scratch_bytes = 0;  // chunks MomentState
+  size_t scratch_bytes = 0;  // (chunks + groups) MomentState
 };
 
 Layout make_layout(const std::vector<int64_t>& numels, const Request& req);
