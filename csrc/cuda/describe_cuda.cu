@@ -54,6 +54,7 @@ struct EntryTable {
   int64_t chunk_base;                  // scratch index of this launch's first chunk
   int64_t chunk_begin[kMaxBatch + 1];  // prefix sums of chunks, relative to chunk_base
   int64_t group_base;                  // scratch index of this launch's first merge group
+  int64_t group_ticket_base;           // ticket index of this launch's first merge group
   int32_t group_begin[kMaxBatch + 1];  // prefix sums of merge groups, relative to group_base
   int32_t index[kMaxBatch];            // global tensor index of each entry
   Entry entries[kMaxBatch];
@@ -61,7 +62,9 @@ struct EntryTable {
 
 struct Params {
   MomentState* states;       // (P + 1)
-  MomentState* scratch;      // one per chunk
+  MomentState* scratch;      // one per chunk, then one per merge group
+  unsigned int* tickets;     // arrivals: one per merge group, then one per tensor (zeroed)
+  int64_t group_tickets;     // merge groups of the call (tensor tickets start there)
   unsigned long long* hist;  // (P + 1) records
   double* edges;             // uniform edges
   int64_t tensors;
@@ -811,6 +814,113 @@ __device__ __forceinline__ void run_chunk(const Entry& e, int64_t start, int64_t
   }
 }
 
+// ---------------------------------------------------------------- merge of chunk states
+// The chunk states of a tensor are merged by the last block to finish among those that wrote
+// them (an arrival ticket per merge unit), inside the fused kernel: a tensor of at most
+// kMergeGroup chunks is one unit; a larger one has a unit per group of kMergeGroup chunks, whose
+// last block also takes a ticket of the tensor's, and the last of those merges the group states.
+// The merge order is fixed (it does not depend on which block arrives last), so results stay
+// bit-identical run to run, and no further launch is needed.
+
+// A state written by another block of this launch: read around L1 (not coherent across SMs).
+__device__ __forceinline__ MomentState load_state_cg(const MomentState* q) {
+  MomentState s;
+  s.n = __ldcg(&q->n);
+  s.nan = __ldcg(&q->nan);
+  s.posinf = __ldcg(&q->posinf);
+  s.neginf = __ldcg(&q->neginf);
+  s.zero = __ldcg(&q->zero);
+  s.mean = __ldcg(&q->mean);
+  s.m2 = __ldcg(&q->m2);
+  s.m3 = __ldcg(&q->m3);
+  s.m4 = __ldcg(&q->m4);
+  s.min = __ldcg(&q->min);
+  s.max = __ldcg(&q->max);
+  s.sum_abs = __ldcg(&q->sum_abs);
+  s.sum_sq = __ldcg(&q->sum_sq);
+  return s;
+}
+
+// Merge src[0..n) in a fixed order (thread t: src[t], src[t + kThreads], ...; then the warps'
+// shuffle trees, then the 8 warp states); the result is valid in thread 0. Called by all threads.
+__device__ MomentState block_merge_states(const MomentState* src, int64_t n,
+                                          MomentState* warp_states) {
+  const int tid = static_cast<int>(threadIdx.x);
+  const int lane = tid & 31, warp = tid >> 5;
+  MomentState s = moment_identity();
+  for (int64_t i = tid; i < n; i += kThreads) moment_merge(s, load_state_cg(src + i));
+  s = warp_merge(s);
+  if (lane == 0) warp_states[warp] = s;
+  __syncthreads();
+  MomentState r = moment_identity();
+  if (warp == 0) {
+    r = lane < kWarps ? warp_states[lane] : moment_identity();
+    r = warp_merge(r, kWarps / 2);
+  }
+  return r;
+}
+
+// Whether this block is the last of `count` to arrive at *ticket (block-uniform). Everything the
+// block wrote before the call is visible device-wide before its arrival counts.
+__device__ __forceinline__ bool last_arrival(unsigned int* ticket, int64_t count, int* flag) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    *flag = atomicAdd(ticket, 1u) == static_cast<unsigned int>(count - 1) ? 1 : 0;
+    __threadfence();
+  }
+  __syncthreads();
+  return *flag != 0;
+}
+
+// A tensor's merged state (in thread 0): store it; for kEdgesData also its bin edges
+// (np.linspace over its finite range). Called by all threads.
+__device__ void finish_tensor(const Params& p, int64_t gt, const MomentState& r,
+                              MomentState* warp_states) {
+  if (threadIdx.x == 0) {
+    p.states[gt] = r;
+    warp_states[0] = r;
+  }
+  if (p.edge_mode != kEdgesData) return;
+  __syncthreads();
+  const MomentState& m = warp_states[0];
+  double lo = m.n > 0 ? m.min : 0.0;
+  double hi = m.n > 0 ? m.max : 1.0;
+  if (lo == hi) {
+    lo = __dsub_rn(lo, 0.5);
+    hi = __dadd_rn(hi, 0.5);
+  }
+  double* out = p.edges + gt * p.edge_stride;
+  for (int64_t i = threadIdx.x; i <= p.bins; i += kThreads) out[i] = linspace_at(i, p.bins, lo, hi);
+}
+
+// Called by all threads of the block that wrote chunk b (of table entry t), after the write. Out
+// of line, so that its registers do not weigh on the fused kernel's main loop.
+__device__ __noinline__ void merge_if_last(const EntryTable& tab, const Params& p, int t, int64_t b,
+                                           MomentState* warp_states, int* flag) {
+  const int64_t gt = tab.index[t];
+  const int64_t nch = tab.chunk_begin[t + 1] - tab.chunk_begin[t];
+  const int64_t ngroups = tab.group_begin[t + 1] - tab.group_begin[t];
+  const MomentState* chunks = p.scratch + tab.chunk_base + tab.chunk_begin[t];
+  unsigned int* tensor_ticket = p.tickets + p.group_tickets + gt;
+  if (ngroups == 0) {
+    if (!last_arrival(tensor_ticket, nch, flag)) return;
+    finish_tensor(p, gt, block_merge_states(chunks, nch, warp_states), warp_states);
+    return;
+  }
+  const int64_t first = (b - tab.chunk_begin[t]) / kMergeGroup * kMergeGroup;
+  const int64_t members = min(kMergeGroup, nch - first);
+  const int64_t gi = tab.group_begin[t] + first / kMergeGroup;
+  if (!last_arrival(p.tickets + tab.group_ticket_base + gi, members, flag)) return;
+  const MomentState g = block_merge_states(chunks + first, members, warp_states);
+  if (threadIdx.x == 0) p.scratch[tab.group_base + gi] = g;
+  if (!last_arrival(tensor_ticket, ngroups, flag)) return;
+  finish_tensor(
+      p, gt,
+      block_merge_states(p.scratch + tab.group_base + tab.group_begin[t], ngroups, warp_states),
+      warp_states);
+}
+
 // Blocks per SM the kernel's registers must allow: 4 (64 registers) for the moments kernels of
 // the aligned kinds and the float32 log-histogram kernel, whose per-group fast paths fit without
 // spills (bench/sass_spills.py), else 3.
@@ -825,6 +935,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
   PWS_DYNAMIC_SHARED(unsigned char, dyn_smem);
   __shared__ MomentState warp_states[kWarps];
   __shared__ int32_t block_window[2];  // log: the block's touched finite buckets (lo, hi)
+  __shared__ int last_flag;
   const int tid = static_cast<int>(threadIdx.x);
   const int64_t b = blockIdx.x;
   int lo = 0, hi = tab.count - 1;  // last tensor whose first chunk is <= b
@@ -938,58 +1049,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
       }
     }
   }
-}
-
-// Merge groups of kMergeGroup chunk states: block b merges group b of the launch (its tensor is
-// the last one whose first group is <= b, which has groups) into scratch slot group_base + b.
-__global__ void __launch_bounds__(kThreads)
-    group_merge_kernel(const __grid_constant__ EntryTable tab, const Params p) {
-  __shared__ MomentState part[kThreads];
-  const int32_t b = static_cast<int32_t>(blockIdx.x);
-  int lo = 0, hi = tab.count - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (tab.group_begin[mid] <= b) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
-  }
-  const int t = lo;
-  const int64_t first = static_cast<int64_t>(b - tab.group_begin[t]) * kMergeGroup;
-  const int64_t nch = tab.chunk_begin[t + 1] - tab.chunk_begin[t];
-  block_merge_range(p.scratch + tab.chunk_base + tab.chunk_begin[t] + first,
-                    min(kMergeGroup, nch - first), part);
-  if (threadIdx.x == 0) p.scratch[tab.group_base + b] = part[0];
-}
-
-// One block per tensor: merge its chunk states (or its groups' results); for kEdgesData also
-// write its bin edges.
-__global__ void __launch_bounds__(kThreads)
-    finalize_kernel(const __grid_constant__ EntryTable tab, const Params p) {
-  __shared__ MomentState part[kThreads];
-  const int t = static_cast<int>(blockIdx.x);
-  const int64_t gt = tab.index[t];
-  const int64_t ngroups = tab.group_begin[t + 1] - tab.group_begin[t];
-  if (ngroups > 0) {
-    block_merge_range(p.scratch + tab.group_base + tab.group_begin[t], ngroups, part);
-  } else {
-    const int64_t nch = tab.chunk_begin[t + 1] - tab.chunk_begin[t];
-    block_merge_range(p.scratch + tab.chunk_base + tab.chunk_begin[t], nch, part);
-  }
-  if (threadIdx.x == 0) p.states[gt] = part[0];
-  if (p.edge_mode == kEdgesData) {
-    const MomentState& r = part[0];
-    double lo = r.n > 0 ? r.min : 0.0;
-    double hi = r.n > 0 ? r.max : 1.0;
-    if (lo == hi) {
-      lo = __dsub_rn(lo, 0.5);
-      hi = __dadd_rn(hi, 0.5);
-    }
-    double* out = p.edges + gt * p.edge_stride;
-    for (int64_t i = threadIdx.x; i <= p.bins; i += kThreads)
-      out[i] = linspace_at(i, p.bins, lo, hi);
-  }
+  if constexpr (kState) merge_if_last(tab, p, t, b, warp_states, &last_flag);
 }
 
 __global__ void range_edges_kernel(double* out, int64_t bins, double lo, double hi) {
@@ -1088,6 +1148,10 @@ Params make_params(const Request& req, const Layout& L, void* result, void* scra
   Params p{};
   p.states = reinterpret_cast<MomentState*>(r + L.off_states);
   p.scratch = static_cast<MomentState*>(scratch);
+  p.tickets = scratch != nullptr
+                  ? reinterpret_cast<unsigned int*>(static_cast<char*>(scratch) + L.off_tickets)
+                  : nullptr;
+  p.group_tickets = L.groups;
   p.hist = L.record > 0 ? reinterpret_cast<unsigned long long*>(r + L.off_hist) : nullptr;
   p.edges = L.edge_arrays > 0 ? reinterpret_cast<double*>(r + L.off_edges) : nullptr;
   p.tensors = L.tensors;
@@ -1140,16 +1204,6 @@ void launch_fused(const EntryTable& tab, const Params& p, size_t smem, cudaStrea
   PWS_CUDA_CHECK_LAUNCH("fused_kernel launch");
 }
 
-void launch_finalize(const EntryTable& tab, const Params& p, cudaStream_t s) {
-  if (tab.group_begin[tab.count] > 0) {
-    PWS_LAUNCH(static_cast<unsigned>(tab.group_begin[tab.count]), kThreads, 0, s,
-               group_merge_kernel)(tab, p);
-    PWS_CUDA_CHECK_LAUNCH("group_merge_kernel launch");
-  }
-  PWS_LAUNCH(static_cast<unsigned>(tab.count), kThreads, 0, s, finalize_kernel)(tab, p);
-  PWS_CUDA_CHECK_LAUNCH("finalize_kernel launch");
-}
-
 int32_t kernel_kind(const Entry& e) {
   if (!e.aligned) return kKindGeneric;
   switch (static_cast<DType>(e.dtype)) {
@@ -1166,7 +1220,8 @@ int32_t kernel_kind(const Entry& e) {
 
 // Launch tables: entries grouped by kernel kind (in kind order, then input order), at most
 // kMaxBatch per table. Deterministic in the inputs' dtypes, sizes and layouts only.
-int64_t chunks_of(int64_t numel) { return (numel + kChunk - 1) / kChunk; }
+// Work items of a tensor: an empty one has one too, whose block stores its (identity) state.
+int64_t chunks_of(int64_t numel) { return numel > 0 ? (numel + kChunk - 1) / kChunk : 1; }
 
 // Merge groups of a tensor: none when its chunk states fit one block.
 int64_t groups_of(int64_t numel) {
@@ -1177,8 +1232,9 @@ int64_t groups_of(int64_t numel) {
 std::vector<EntryTable> make_tables(const std::vector<Entry>& entries) {
   std::vector<EntryTable> tables;
   int64_t chunk_base = 0;
-  int64_t group_base = 0;  // then offset by the chunk states of every table
-  for (const Entry& e : entries) group_base += chunks_of(e.numel);
+  int64_t total_chunks = 0;  // group states follow the chunk states of every table
+  for (const Entry& e : entries) total_chunks += chunks_of(e.numel);
+  int64_t group_base = total_chunks;
   for (int32_t kind = 0; kind <= kKindGeneric; ++kind) {
     std::vector<int32_t> members;
     for (size_t i = 0; i < entries.size(); ++i) {
@@ -1191,6 +1247,7 @@ std::vector<EntryTable> make_tables(const std::vector<Entry>& entries) {
       tab.kind = kind;
       tab.chunk_base = chunk_base;
       tab.group_base = group_base;
+      tab.group_ticket_base = group_base - total_chunks;
       int64_t c = 0, gr = 0;
       for (size_t i = 0; i < n; ++i) {
         const int32_t g = members[b0 + i];
@@ -1233,8 +1290,9 @@ Layout make_layout(const std::vector<int64_t>& numels, const Request& req) {
   L.result_bytes = round_up(
       L.off_edges + static_cast<size_t>(L.edge_arrays) * static_cast<size_t>(req.bins + 1) * 8,
       256);
-  L.scratch_bytes =
-      static_cast<size_t>(L.chunks + L.groups > 0 ? L.chunks + L.groups : 1) * sizeof(MomentState);
+  L.off_tickets = round_up(static_cast<size_t>(L.chunks + L.groups) * sizeof(MomentState), 256);
+  L.scratch_bytes = L.off_tickets +
+                    round_up(static_cast<size_t>(L.groups + L.tensors + 1) * sizeof(unsigned), 256);
   return L;
 }
 
@@ -1243,6 +1301,8 @@ void launch_describe(const std::vector<Entry>& entries, const Request& req, cons
   (void)cudaGetLastError();  // clear an error left by an earlier failed call
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const Params p = make_params(req, L, result, scratch);
+  PWS_CUDA_CHECK(
+      cudaMemsetAsync(p.tickets, 0, L.scratch_bytes - L.off_tickets, s));  // arrival tickets
   if (L.record > 0) {
     PWS_CUDA_CHECK(cudaMemsetAsync(
         p.hist, 0, static_cast<size_t>(L.tensors + 1) * static_cast<size_t>(L.record) * 8, s));
@@ -1265,7 +1325,6 @@ void launch_describe(const std::vector<Entry>& entries, const Request& req, cons
   if (req.hist_kind == kHistUniform && req.edge_mode == kEdgesData) {
     for (const EntryTable& tab : tables) {
       launch_fused<true, kHistNone>(tab, p, 0, s);
-      launch_finalize(tab, p, s);
     }
     for (const EntryTable& tab : tables) launch_fused<false, kHistUniform>(tab, p, smem, s);
     return;
@@ -1278,7 +1337,6 @@ void launch_describe(const std::vector<Entry>& entries, const Request& req, cons
     } else {
       launch_fused<true, kHistNone>(tab, p, 0, s);
     }
-    launch_finalize(tab, p, s);
   }
 }
 

@@ -6,8 +6,9 @@
 //   2. (uniform histograms) the bin edges, computed on the device (np.linspace's exact values),
 //   3. per batch of up to kMaxBatch tensors, one launch of the fused kernel over (tensor, chunk)
 //      work items, writing one moment state per chunk and adding into the histogram records,
-//   4. per batch, the merge of each tensor's chunk states in a fixed order: one launch over groups
-//      of kMergeGroup chunk states of the tensors that have more, then one block per tensor.
+//   4. inside the fused kernel, the merge of each tensor's chunk states in a fixed order by the
+//      last block to finish them (arrival tickets, zeroed by a memset first): in groups of
+//      kMergeGroup chunk states for the tensors that have more, then the groups' results.
 // Results stay in a device buffer laid out as described by `Layout` until they are fetched.
 #pragma once
 #include <cstddef>
@@ -24,8 +25,8 @@ namespace pws::cuda {
 constexpr int64_t kChunk = int64_t(1) << 16;
 constexpr int kThreads = 256;
 // Chunk states merged by one block of the first merge level: a tensor with more chunks first has
-// its chunk states merged in groups of this many (one launch, many blocks), then the groups'
-// results (one block per tensor); a tensor with fewer goes straight to the second level. Fixed
+// its chunk states merged in groups of this many (each by the last block of its group to finish),
+// then the groups' results (by the last of those); a tensor with fewer is one group. Fixed
 // (like kChunk), so the merge order does not depend on the GPU. The host-emulated tests shrink it
 // so that both shapes run on small tensors.
 #ifndef PWS_MERGE_GROUP
@@ -79,7 +80,8 @@ struct Layout {
   size_t off_hist = 0;      // (P + 1) records
   size_t off_edges = 0;     // edge_arrays x (bins + 1) float64
   size_t result_bytes = 0;
-  size_t scratch_bytes = 0;  // (chunks + groups) MomentState
+  size_t off_tickets = 0;    // in scratch: (groups + tensors) uint32 arrival tickets
+  size_t scratch_bytes = 0;  // (chunks + groups) MomentState, then the tickets
 };
 
 Layout make_layout(const std::vector<int64_t>& numels, const Request& req);

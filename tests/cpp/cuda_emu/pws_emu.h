@@ -645,6 +645,14 @@ template <class T>
 inline T __ldg(const T* p) {
   return *p;
 }
+template <class T>
+inline T __ldcg(const T* p) {
+  return *p;
+}
+
+// Host memory is coherent and the fibers interleave only where the emulator switches, so a fence
+// orders nothing more; like an atomic, it may let the block's other threads run first.
+inline void __threadfence() { ::pws_emu::maybe_yield(); }
 
 inline int __popc(unsigned v) { return __builtin_popcount(v); }
 inline int __ffs(int v) { return __builtin_ffs(v); }
