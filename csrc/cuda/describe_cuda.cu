@@ -6,9 +6,10 @@
 // thread accumulates shifted power sums of its values (shift = its first finite value; short runs
 // summed in the input precision, then added into float64, as the CPU kernels do), converts them to
 // a MomentState and merges it across the warp (shuffles) and the block (shared memory) with the
-// Pebay formulas of pws/moment_state.h. One state per chunk goes to a scratch array; a second
-// launch merges each tensor's chunk states in a fixed tree order. Every reduction has a fixed
-// shape and histogram counts use integer atomics only, so results are bit-identical run to run.
+// Pebay formulas of pws/moment_state.h. One state per chunk goes to a scratch array; the last
+// block to finish a tensor's chunks merges their states in a fixed tree order. Every reduction has
+// a fixed shape and histogram counts use integer atomics only, so results are bit-identical run to
+// run.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -860,15 +861,28 @@ __device__ MomentState block_merge_states(const MomentState* src, int64_t n,
   return r;
 }
 
+// Add one to *ticket with release and acquire semantics at device scope (the thread's earlier
+// writes are visible to whoever sees the increment, and it sees the writes of those whose
+// increments it saw); the old value. One acq_rel atomic where the target has it, instead of two
+// full fences around a relaxed one.
+__device__ __forceinline__ unsigned int arrive(unsigned int* ticket) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 700
+  unsigned int old;
+  asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;" : "=r"(old) : "l"(ticket) : "memory");
+  return old;
+#else
+  __threadfence();
+  const unsigned int old = atomicAdd(ticket, 1u);
+  __threadfence();
+  return old;
+#endif
+}
+
 // Whether this block is the last of `count` to arrive at *ticket (block-uniform). Everything the
 // block wrote before the call is visible device-wide before its arrival counts.
 __device__ __forceinline__ bool last_arrival(unsigned int* ticket, int64_t count, int* flag) {
   __syncthreads();
-  if (threadIdx.x == 0) {
-    __threadfence();
-    *flag = atomicAdd(ticket, 1u) == static_cast<unsigned int>(count - 1) ? 1 : 0;
-    __threadfence();
-  }
+  if (threadIdx.x == 0) *flag = arrive(ticket) == static_cast<unsigned int>(count - 1) ? 1 : 0;
   __syncthreads();
   return *flag != 0;
 }
@@ -931,7 +945,7 @@ constexpr int kMinBlocks =
 
 template <int kKind, bool kState, int kHist>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
-    fused_kernel(const __grid_constant__ EntryTable tab, const Params p) {
+    fused_kernel(const __grid_constant__ EntryTable tab, const __grid_constant__ Params p) {
   PWS_DYNAMIC_SHARED(unsigned char, dyn_smem);
   __shared__ MomentState warp_states[kWarps];
   __shared__ int32_t block_window[2];  // log: the block's touched finite buckets (lo, hi)

@@ -80,7 +80,7 @@ struct Layout {
   size_t off_hist = 0;      // (P + 1) records
   size_t off_edges = 0;     // edge_arrays x (bins + 1) float64
   size_t result_bytes = 0;
-  size_t off_tickets = 0;    // in scratch: (groups + tensors) uint32 arrival tickets
+  size_t off_tickets = 0;    // in scratch: (groups + tensors + 1) uint32 arrival tickets
   size_t scratch_bytes = 0;  // (chunks + groups) MomentState, then the tickets
 };
 
