@@ -596,23 +596,6 @@ __device__ __forceinline__ MomentState warp_merge(MomentState s, int first = 16)
   return s;
 }
 
-// Merge states[0..n) with all threads of the block in a fixed order; the result is valid in
-// part[0] after the call (which ends with a barrier). Called by all threads.
-__device__ void block_merge_range(const MomentState* states, int64_t n, MomentState* part) {
-  const int tid = static_cast<int>(threadIdx.x);
-  const int64_t per = (n + kThreads - 1) / kThreads;
-  const int64_t a = min(n, per * tid);
-  const int64_t z = min(n, a + per);
-  MomentState s = moment_identity();
-  for (int64_t c = a; c < z; ++c) moment_merge(s, states[c]);
-  part[tid] = s;
-  __syncthreads();
-  for (int w = kThreads / 2; w > 0; w >>= 1) {
-    if (tid < w) moment_merge(part[tid], part[tid + w]);
-    __syncthreads();
-  }
-}
-
 // np.linspace(lo, hi, bins + 1)[i], operation for operation (no FMA contraction).
 __device__ __forceinline__ double linspace_at(int64_t i, int64_t bins, double lo, double hi) {
   if (i == bins) return hi;
@@ -656,13 +639,13 @@ constexpr int kGroup = 16;
 // Extremes of the finite values among this thread's vectors of the chunk (x[i * V ...] for
 // i = tid, tid + kThreads, ... < nv), read again: for a thread whose packed extremes took in an
 // infinity. Infinite weights are rare, so this second read costs nothing in practice.
-template <class T, class CT>
+template <class CT>
 struct Extremes {
   CT mn, mx;
 };
 
 template <class T, class CT>
-__device__ __noinline__ Extremes<T, CT> rescan_extremes(const T* x, int64_t nv, CT mn, CT mx) {
+__device__ __noinline__ Extremes<CT> rescan_extremes(const T* x, int64_t nv, CT mn, CT mx) {
   constexpr int V = VecWidth<T>::value;
   for (int64_t i = threadIdx.x; i < nv; i += kThreads) {
     CT v[V];
@@ -675,7 +658,7 @@ __device__ __noinline__ Extremes<T, CT> rescan_extremes(const T* x, int64_t nv, 
       }
     }
   }
-  return Extremes<T, CT>{mn, mx};
+  return Extremes<CT>{mn, mx};
 }
 
 // One step of the aligned loop: kLoads vector loads per thread from vector v0 on (kFull: all of
@@ -741,7 +724,7 @@ __device__ __forceinline__ void accumulate_chunk(const Entry& e, int64_t start, 
     if constexpr (kPacked) {
       packed_finish<T>(a);
       if (a.posinf + a.neginf != 0) {
-        const Extremes<T, CT> r = rescan_extremes<T, CT>(x, nv, a.mn, a.mx);
+        const Extremes<CT> r = rescan_extremes<T, CT>(x, nv, a.mn, a.mx);
         a.mn = r.mn;
         a.mx = r.mx;
       }
@@ -1074,16 +1057,16 @@ __global__ void range_edges_kernel(double* out, int64_t bins, double lo, double 
 // Tensors whose histogram records one block row of total_kernel adds up (at least).
 constexpr int64_t kTotalGroup = 16;
 
-// Block (0, 0) merges the P tensor states into slot P (fixed order). With with_hist, block (x, y)
-// adds columns [256 x, 256 x + 256) of the records of tensors [g y, g y + g) into the total
-// record (zeroed first) with integer atomics, so the sums do not depend on the order; the window
-// columns take the maximum.
+// Block (0, 0) merges the P tensor states into slot P (fixed order, block_merge_states). With
+// with_hist, block (x, y) adds columns [256 x, 256 x + 256) of the records of tensors [g y, g y +
+// g) into the total record (zeroed first) with integer atomics, so the sums do not depend on the
+// order; the window columns take the maximum.
 __global__ void __launch_bounds__(kThreads)
     total_kernel(const Params p, int with_hist, int64_t group) {
-  __shared__ MomentState part[kThreads];
+  __shared__ MomentState warp_states[kWarps];
   if (blockIdx.x == 0 && blockIdx.y == 0) {
-    block_merge_range(p.states, p.tensors, part);
-    if (threadIdx.x == 0) p.states[p.tensors] = part[0];
+    const MomentState r = block_merge_states(p.states, p.tensors, warp_states);
+    if (threadIdx.x == 0) p.states[p.tensors] = r;
   }
   if (with_hist) {
     const int64_t col = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
