@@ -179,25 +179,24 @@ PWS_FORCEINLINE GroupSums scan_group(const CT* __restrict x, int64_t n, CT shift
       const V v = vload<V>(x + i + r * L);
       const V a = reinterpret_cast<V>(reinterpret_cast<M>(v) & ~absmask);
       z -= (v == zero);
+      const M f = a <= vmaxv;  // finite (unused when kFinite)
       if constexpr (kFinite) {
         mn = vselect(v < mn, v, mn);
         mx = vselect(v > mx, v, mx);
       } else {
-        const M f = a <= vmaxv;
         c -= f;
         const V lo = vselect(f, v, infv), hi = vselect(f, v, -infv);
         mn = vselect(lo < mn, lo, mn);
         mx = vselect(hi > mx, hi, mx);
       }
       if constexpr (kMoments) {
-        V d = (v - shiftv) * scalev;
-        if constexpr (!kFinite) d = vselect(a <= vmaxv, d, zero);
+        const V d = kFinite ? (v - shiftv) * scalev : vselect(f, (v - shiftv) * scalev, zero);
         const V d2 = d * d;
         a1 += d;
         a2 += d2;
         a3 += d2 * d;
         a4 += d2 * d2;
-        ab += kFinite ? a : vselect(a <= vmaxv, a, zero);
+        ab += kFinite ? a : vselect(f, a, zero);
       }
     }
     if constexpr (kMoments) {
