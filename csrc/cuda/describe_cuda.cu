@@ -6,10 +6,10 @@
 // thread accumulates shifted power sums of its values (shift = its first finite value; short runs
 // summed in the input precision, then added into float64, as the CPU kernels do), converts them to
 // a MomentState and merges it across the warp (shuffles) and the block (shared memory) with the
-// Pebay formulas of pws/moment_state.h. One state per chunk goes to a scratch array; the last
-// block to finish a tensor's chunks merges their states in a fixed tree order. Every reduction has
-// a fixed shape and histogram counts use integer atomics only, so results are bit-identical run to
-// run.
+// Pebay formulas of pws/moment_state.h. One state per chunk goes to a scratch array; a second
+// kernel, launched as a programmatic dependent of the first, merges each tensor's chunk states in
+// a fixed tree order. Every reduction has a fixed shape and histogram counts use integer atomics
+// only, so results are bit-identical run to run.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -55,8 +55,8 @@ struct EntryTable {
   int64_t chunk_base;                  // scratch index of this launch's first chunk
   int64_t chunk_begin[kMaxBatch + 1];  // prefix sums of chunks, relative to chunk_base
   int64_t group_base;                  // scratch index of this launch's first merge group
-  int64_t group_ticket_base;           // ticket index of this launch's first merge group
   int32_t group_begin[kMaxBatch + 1];  // prefix sums of merge groups, relative to group_base
+  int32_t unit_begin[kMaxBatch + 1];   // prefix sums of merge units (blocks of merge_kernel)
   int32_t index[kMaxBatch];            // global tensor index of each entry
   Entry entries[kMaxBatch];
 };
@@ -64,8 +64,7 @@ struct EntryTable {
 struct Params {
   MomentState* states;       // (P + 1)
   MomentState* scratch;      // one per chunk, then one per merge group
-  unsigned int* tickets;     // arrivals: one per merge group, then one per tensor (zeroed)
-  int64_t group_tickets;     // merge groups of the call (tensor tickets start there)
+  unsigned int* tickets;     // arrivals of merge groups, one per tensor (zeroed)
   unsigned long long* hist;  // (P + 1) records
   double* edges;             // uniform edges
   int64_t tensors;
@@ -799,14 +798,34 @@ __device__ __forceinline__ void run_chunk(const Entry& e, int64_t start, int64_t
 }
 
 // ---------------------------------------------------------------- merge of chunk states
-// The chunk states of a tensor are merged by the last block to finish among those that wrote
-// them (an arrival ticket per merge unit), inside the fused kernel: a tensor of at most
-// kMergeGroup chunks is one unit; a larger one has a unit per group of kMergeGroup chunks, whose
-// last block also takes a ticket of the tensor's, and the last of those merges the group states.
-// The merge order is fixed (it does not depend on which block arrives last), so results stay
-// bit-identical run to run, and no further launch is needed.
+// The chunk states of a tensor are merged by merge_kernel, launched right after the fused kernel
+// with programmatic dependent launch where the GPU has it (sm_90: its blocks are resident before
+// the fused kernel ends and start as soon as its memory is visible, so the second launch costs no
+// launch gap). One block per merge unit: a tensor of at most kMergeGroup chunks is one unit; a
+// larger one has a unit per group of kMergeGroup chunks, and the last of its group blocks to
+// finish (an arrival ticket per tensor) merges the group states. The merge order is fixed (it does
+// not depend on which block arrives last), so results stay bit-identical run to run.
+//
+// The fused kernel's blocks only store their chunk state and exit. Merging there instead, by the
+// last block to finish a tensor's chunks, made every block wait for its state to reach L2 and for
+// an atomic's round trip before exiting; under the pass's full memory load that cost an H200
+// about 10 % of the float32 pass (measured 2026-11-27: 1034 us at 10^9, against ~930 us before).
 
-// A state written by another block of this launch: read around L1 (not coherent across SMs).
+// Programmatic dependent launch (PTX griddepcontrol, sm_90 and newer; no-ops elsewhere and on the
+// host emulator): a block of the fused kernel lets the dependent merge launch be scheduled, and
+// the merge kernel waits until the fused kernel has completed and its writes are visible.
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_prerequisite_grid() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// A state written by another block (of this launch or the fused kernel): read around L1.
 __device__ __forceinline__ MomentState load_state_cg(const MomentState* q) {
   MomentState s;
   s.n = __ldcg(&q->n);
@@ -891,27 +910,38 @@ __device__ void finish_tensor(const Params& p, int64_t gt, const MomentState& r,
   for (int64_t i = threadIdx.x; i <= p.bins; i += kThreads) out[i] = linspace_at(i, p.bins, lo, hi);
 }
 
-// Called by all threads of the block that wrote chunk b (of table entry t), after the write. Out
-// of line, so that its registers do not weigh on the fused kernel's main loop.
-__device__ __noinline__ void merge_if_last(const EntryTable& tab, const Params& p, int t, int64_t b,
-                                           MomentState* warp_states, int* flag) {
+// One block per merge unit (see above); block u finds its tensor by binary search in unit_begin.
+__global__ void __launch_bounds__(kThreads)
+    merge_kernel(const __grid_constant__ EntryTable tab, const __grid_constant__ Params p) {
+  __shared__ MomentState warp_states[kWarps];
+  __shared__ int last_flag;
+  wait_for_prerequisite_grid();
+  const int64_t u = blockIdx.x;
+  int lo = 0, hi = tab.count - 1;  // last tensor whose first unit is <= u
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (tab.unit_begin[mid] <= u) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  const int t = lo;
   const int64_t gt = tab.index[t];
   const int64_t nch = tab.chunk_begin[t + 1] - tab.chunk_begin[t];
   const int64_t ngroups = tab.group_begin[t + 1] - tab.group_begin[t];
   const MomentState* chunks = p.scratch + tab.chunk_base + tab.chunk_begin[t];
-  unsigned int* tensor_ticket = p.tickets + p.group_tickets + gt;
   if (ngroups == 0) {
-    if (!last_arrival(tensor_ticket, nch, flag)) return;
     finish_tensor(p, gt, block_merge_states(chunks, nch, warp_states), warp_states);
     return;
   }
-  const int64_t first = (b - tab.chunk_begin[t]) / kMergeGroup * kMergeGroup;
-  const int64_t members = min(kMergeGroup, nch - first);
-  const int64_t gi = tab.group_begin[t] + first / kMergeGroup;
-  if (!last_arrival(p.tickets + tab.group_ticket_base + gi, members, flag)) return;
-  const MomentState g = block_merge_states(chunks + first, members, warp_states);
+  const int64_t k = u - tab.unit_begin[t];  // group of this tensor
+  const int64_t first = k * kMergeGroup;
+  const int64_t gi = tab.group_begin[t] + k;
+  const MomentState g =
+      block_merge_states(chunks + first, min(kMergeGroup, nch - first), warp_states);
   if (threadIdx.x == 0) p.scratch[tab.group_base + gi] = g;
-  if (!last_arrival(tensor_ticket, ngroups, flag)) return;
+  if (!last_arrival(p.tickets + gt, ngroups, &last_flag)) return;
   finish_tensor(
       p, gt,
       block_merge_states(p.scratch + tab.group_base + tab.group_begin[t], ngroups, warp_states),
@@ -932,7 +962,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
   PWS_DYNAMIC_SHARED(unsigned char, dyn_smem);
   __shared__ MomentState warp_states[kWarps];
   __shared__ int32_t block_window[2];  // log: the block's touched finite buckets (lo, hi)
-  __shared__ int last_flag;
+  allow_dependent_launch();            // every block is resident: the merge may be scheduled
   const int tid = static_cast<int>(threadIdx.x);
   const int64_t b = blockIdx.x;
   int lo = 0, hi = tab.count - 1;  // last tensor whose first chunk is <= b
@@ -1046,7 +1076,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
       }
     }
   }
-  if constexpr (kState) merge_if_last(tab, p, t, b, warp_states, &last_flag);
 }
 
 __global__ void range_edges_kernel(double* out, int64_t bins, double lo, double hi) {
@@ -1148,7 +1177,6 @@ Params make_params(const Request& req, const Layout& L, void* result, void* scra
   p.tickets = scratch != nullptr
                   ? reinterpret_cast<unsigned int*>(static_cast<char*>(scratch) + L.off_tickets)
                   : nullptr;
-  p.group_tickets = L.groups;
   p.hist = L.record > 0 ? reinterpret_cast<unsigned long long*>(r + L.off_hist) : nullptr;
   p.edges = L.edge_arrays > 0 ? reinterpret_cast<double*>(r + L.off_edges) : nullptr;
   p.tensors = L.tensors;
@@ -1177,6 +1205,45 @@ void launch_kind(const dim3& g, size_t smem, cudaStream_t s, const EntryTable& t
   PWS_LAUNCH(g, kThreads, smem, s, fused_kernel<kKind, kState, kHist>)(tab, p);
 }
 
+#if !defined(PWS_CUDA_EMULATION)
+// Whether the current device has programmatic dependent launch (compute capability 9.0 and
+// newer), queried once per device.
+bool dependent_launch() {
+  static std::atomic<int> cache[kCachedDevices];  // 0: not queried yet; 1: no; 2: yes
+  const int slot = device_for_cache();
+  if (slot >= 0) {
+    const int v = cache[slot].load(std::memory_order_relaxed);
+    if (v > 0) return v == 2;
+  }
+  int device = 0, major = 0;
+  PWS_CUDA_CHECK(cudaGetDevice(&device));
+  PWS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  if (slot >= 0) cache[slot].store(major >= 9 ? 2 : 1, std::memory_order_relaxed);
+  return major >= 9;
+}
+#endif
+
+// Enqueue the merge of the chunk states of a table's tensors, right after its fused launch.
+void launch_merge(const EntryTable& tab, const Params& p, cudaStream_t s) {
+  const dim3 g(static_cast<unsigned>(tab.unit_begin[tab.count]));
+#if defined(PWS_CUDA_EMULATION)
+  PWS_LAUNCH(g, kThreads, 0, s, merge_kernel)(tab, p);
+  PWS_CUDA_CHECK_LAUNCH("merge_kernel launch");
+#else
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = g;
+  cfg.blockDim = dim3(kThreads);
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = s;
+  cfg.attrs = attr;
+  cfg.numAttrs = dependent_launch() ? 1 : 0;
+  PWS_CUDA_CHECK(cudaLaunchKernelEx(&cfg, merge_kernel, tab, p));
+#endif
+}
+
 template <bool kState, int kHist>
 void launch_fused(const EntryTable& tab, const Params& p, size_t smem, cudaStream_t s) {
   const int64_t grid = tab.chunk_begin[tab.count];
@@ -1199,6 +1266,7 @@ void launch_fused(const EntryTable& tab, const Params& p, size_t smem, cudaStrea
       break;
   }
   PWS_CUDA_CHECK_LAUNCH("fused_kernel launch");
+  if constexpr (kState) launch_merge(tab, p, s);
 }
 
 int32_t kernel_kind(const Entry& e) {
@@ -1244,20 +1312,23 @@ std::vector<EntryTable> make_tables(const std::vector<Entry>& entries) {
       tab.kind = kind;
       tab.chunk_base = chunk_base;
       tab.group_base = group_base;
-      tab.group_ticket_base = group_base - total_chunks;
-      int64_t c = 0, gr = 0;
+      int64_t c = 0, gr = 0, un = 0;
       for (size_t i = 0; i < n; ++i) {
         const int32_t g = members[b0 + i];
         tab.index[i] = g;
         tab.entries[i] = entries[static_cast<size_t>(g)];
         tab.chunk_begin[i] = c;
         tab.group_begin[i] = static_cast<int32_t>(gr);
+        tab.unit_begin[i] = static_cast<int32_t>(un);
+        const int64_t groups = groups_of(entries[static_cast<size_t>(g)].numel);
         c += chunks_of(entries[static_cast<size_t>(g)].numel);
-        gr += groups_of(entries[static_cast<size_t>(g)].numel);
+        gr += groups;
+        un += std::max<int64_t>(groups, 1);
       }
-      if (gr > INT_MAX) throw std::runtime_error("pyweightstat: too many CUDA merge groups");
+      if (un > INT_MAX) throw std::runtime_error("pyweightstat: too many CUDA merge groups");
       tab.chunk_begin[n] = c;
       tab.group_begin[n] = static_cast<int32_t>(gr);
+      tab.unit_begin[n] = static_cast<int32_t>(un);
       chunk_base += c;
       group_base += gr;
       tables.push_back(tab);
@@ -1288,8 +1359,8 @@ Layout make_layout(const std::vector<int64_t>& numels, const Request& req) {
       L.off_edges + static_cast<size_t>(L.edge_arrays) * static_cast<size_t>(req.bins + 1) * 8,
       256);
   L.off_tickets = round_up(static_cast<size_t>(L.chunks + L.groups) * sizeof(MomentState), 256);
-  L.scratch_bytes = L.off_tickets +
-                    round_up(static_cast<size_t>(L.groups + L.tensors + 1) * sizeof(unsigned), 256);
+  L.scratch_bytes =
+      L.off_tickets + round_up(static_cast<size_t>(L.tensors + 1) * sizeof(unsigned), 256);
   return L;
 }
 
@@ -1298,8 +1369,9 @@ void launch_describe(const std::vector<Entry>& entries, const Request& req, cons
   (void)cudaGetLastError();  // clear an error left by an earlier failed call
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const Params p = make_params(req, L, result, scratch);
-  PWS_CUDA_CHECK(
-      cudaMemsetAsync(p.tickets, 0, L.scratch_bytes - L.off_tickets, s));  // arrival tickets
+  if (L.groups > 0) {  // arrival tickets: only tensors merged in groups take them
+    PWS_CUDA_CHECK(cudaMemsetAsync(p.tickets, 0, L.scratch_bytes - L.off_tickets, s));
+  }
   if (L.record > 0) {
     PWS_CUDA_CHECK(cudaMemsetAsync(
         p.hist, 0, static_cast<size_t>(L.tensors + 1) * static_cast<size_t>(L.record) * 8, s));

@@ -6,9 +6,11 @@
 //   2. (uniform histograms) the bin edges, computed on the device (np.linspace's exact values),
 //   3. per batch of up to kMaxBatch tensors, one launch of the fused kernel over (tensor, chunk)
 //      work items, writing one moment state per chunk and adding into the histogram records,
-//   4. inside the fused kernel, the merge of each tensor's chunk states in a fixed order by the
-//      last block to finish them (arrival tickets, zeroed by a memset first): in groups of
-//      kMergeGroup chunk states for the tensors that have more, then the groups' results.
+//   4. after each fused launch, one launch of the merge kernel (programmatic dependent launch on
+//      sm_90 and newer, so it adds no launch gap): each tensor's chunk states merged in a fixed
+//      order, in groups of kMergeGroup chunk states for the tensors that have more (one block per
+//      group), then the groups' results by the last group block to finish (arrival tickets,
+//      zeroed by a memset first).
 // Results stay in a device buffer laid out as described by `Layout` until they are fetched.
 #pragma once
 #include <cstddef>
@@ -24,9 +26,9 @@ namespace pws::cuda {
 // depend on the GPU; multiple of every vector width, so chunk starts keep 16-byte alignment.
 constexpr int64_t kChunk = int64_t(1) << 16;
 constexpr int kThreads = 256;
-// Chunk states merged by one block of the first merge level: a tensor with more chunks first has
-// its chunk states merged in groups of this many (each by the last block of its group to finish),
-// then the groups' results (by the last of those); a tensor with fewer is one group. Fixed
+// Chunk states merged by one block of the merge kernel: a tensor with more chunks first has its
+// chunk states merged in groups of this many (a block each), then the groups' results (by the
+// last of those blocks to finish); a tensor with fewer is one block's work. Fixed
 // (like kChunk), so the merge order does not depend on the GPU. The host-emulated tests shrink it
 // so that both shapes run on small tensors.
 #ifndef PWS_MERGE_GROUP
@@ -80,7 +82,7 @@ struct Layout {
   size_t off_hist = 0;      // (P + 1) records
   size_t off_edges = 0;     // edge_arrays x (bins + 1) float64
   size_t result_bytes = 0;
-  size_t off_tickets = 0;    // in scratch: (groups + tensors + 1) uint32 arrival tickets
+  size_t off_tickets = 0;    // in scratch: (tensors + 1) uint32 arrival tickets
   size_t scratch_bytes = 0;  // (chunks + groups) MomentState, then the tickets
 };
 
