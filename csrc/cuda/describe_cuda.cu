@@ -910,6 +910,22 @@ __device__ void finish_tensor(const Params& p, int64_t gt, const MomentState& r,
   for (int64_t i = threadIdx.x; i <= p.bins; i += kThreads) out[i] = linspace_at(i, p.bins, lo, hi);
 }
 
+// The table entry whose work items include item i: the last of the count entries whose first
+// item (begin[entry], prefix sums) is <= i; a binary search.
+template <class I>
+__device__ __forceinline__ int entry_of(const I* begin, int count, int64_t i) {
+  int lo = 0, hi = count - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (begin[mid] <= i) {
+      lo = mid;
+    } else {
+      hi = mid - 1;
+    }
+  }
+  return lo;
+}
+
 // One block per merge unit (see above); block u finds its tensor by binary search in unit_begin.
 __global__ void __launch_bounds__(kThreads)
     merge_kernel(const __grid_constant__ EntryTable tab, const __grid_constant__ Params p) {
@@ -917,16 +933,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ int last_flag;
   wait_for_prerequisite_grid();
   const int64_t u = blockIdx.x;
-  int lo = 0, hi = tab.count - 1;  // last tensor whose first unit is <= u
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (tab.unit_begin[mid] <= u) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
-  }
-  const int t = lo;
+  const int t = entry_of(tab.unit_begin, tab.count, u);
   const int64_t gt = tab.index[t];
   const int64_t nch = tab.chunk_begin[t + 1] - tab.chunk_begin[t];
   const int64_t ngroups = tab.group_begin[t + 1] - tab.group_begin[t];
@@ -965,16 +972,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
   allow_dependent_launch();            // every block is resident: the merge may be scheduled
   const int tid = static_cast<int>(threadIdx.x);
   const int64_t b = blockIdx.x;
-  int lo = 0, hi = tab.count - 1;  // last tensor whose first chunk is <= b
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (tab.chunk_begin[mid] <= b) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
-  }
-  const int t = lo;
+  const int t = entry_of(tab.chunk_begin, tab.count, b);
   const Entry& e = tab.entries[t];
   const int64_t start = (b - tab.chunk_begin[t]) * kChunk;
   const int64_t len = min(kChunk, e.numel - start);
@@ -1143,21 +1141,27 @@ size_t shared_hist_bytes(const Request& req) {
   return 0;
 }
 
-// Dynamic shared memory a block may opt in to on the current device, less room for the kernels'
-// static shared memory (queried once per device).
-size_t shared_limit() {
-  static std::atomic<int64_t> cache[kCachedDevices];  // 0: not queried yet; else limit + 1
+// An attribute of the current device (non-negative), queried once per device and attribute.
+template <cudaDeviceAttr kAttr>
+int device_attribute() {
+  static std::atomic<int64_t> cache[kCachedDevices];  // 0: not queried yet; else value + 1
   const int slot = device_for_cache();
   if (slot >= 0) {
     const int64_t v = cache[slot].load(std::memory_order_relaxed);
-    if (v > 0) return static_cast<size_t>(v - 1);
+    if (v > 0) return static_cast<int>(v - 1);
   }
-  int device = 0, optin = 0;
+  int device = 0, value = 0;
   PWS_CUDA_CHECK(cudaGetDevice(&device));
-  PWS_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  const size_t limit = optin > 4096 ? static_cast<size_t>(optin) - 4096 : 0;
-  if (slot >= 0) cache[slot].store(static_cast<int64_t>(limit) + 1, std::memory_order_relaxed);
-  return limit;
+  PWS_CUDA_CHECK(cudaDeviceGetAttribute(&value, kAttr, device));
+  if (slot >= 0) cache[slot].store(static_cast<int64_t>(value) + 1, std::memory_order_relaxed);
+  return value;
+}
+
+// Dynamic shared memory a block may opt in to on the current device, less room for the kernels'
+// static shared memory.
+size_t shared_limit() {
+  const int optin = device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>();
+  return optin > 4096 ? static_cast<size_t>(optin) - 4096 : 0;
 }
 
 // Most dynamic shared memory a fused-kernel launch uses on the current device.
@@ -1207,20 +1211,8 @@ void launch_kind(const dim3& g, size_t smem, cudaStream_t s, const EntryTable& t
 
 #if !defined(PWS_CUDA_EMULATION)
 // Whether the current device has programmatic dependent launch (compute capability 9.0 and
-// newer), queried once per device.
-bool dependent_launch() {
-  static std::atomic<int> cache[kCachedDevices];  // 0: not queried yet; 1: no; 2: yes
-  const int slot = device_for_cache();
-  if (slot >= 0) {
-    const int v = cache[slot].load(std::memory_order_relaxed);
-    if (v > 0) return v == 2;
-  }
-  int device = 0, major = 0;
-  PWS_CUDA_CHECK(cudaGetDevice(&device));
-  PWS_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  if (slot >= 0) cache[slot].store(major >= 9 ? 2 : 1, std::memory_order_relaxed);
-  return major >= 9;
-}
+// newer).
+bool dependent_launch() { return device_attribute<cudaDevAttrComputeCapabilityMajor>() >= 9; }
 #endif
 
 // Enqueue the merge of the chunk states of a table's tensors, right after its fused launch.
