@@ -502,19 +502,24 @@ def test_extremes_of_threads_that_met_an_infinity(emu: Path, tmp_path: Path) -> 
 
 
 @pytest.mark.parametrize(
-    ("scale", "offset"), [(1e-30, 0.0), (1e30, 0.0), (1.0, 1e4), (1e-20, 1e-15), (1e25, 1e30)]
+    ("scale", "offset"),
+    [(1e-30, 0.0), (1e30, 0.0), (1.0, 1e4), (1e-20, 1e-15), (1e25, 1e30), (1e-5, 0.0), (1e5, 0.0)],
 )
 def test_scale_extremes_and_large_offset(
     emu: Path, tmp_path: Path, scale: float, offset: float
 ) -> None:
     # The warp's shift and power-of-two scale keep float32 power sums in range and accurate
-    # (SPEC: 1e4 + N(0, 1)); one warp also meets a regime jump (1e-10 values, then 1e3).
+    # (SPEC: 1e4 + N(0, 1)); 1e-5 and 1e5 sit on either side of the spreads that take no scale
+    # (2^+-16). Warps also meet regime jumps: 1e-10 values, then 1e3 (scaled sums); 1e-4, then
+    # 1e9 (unscaled sums whose fourth powers overflow float32, so those groups take the float64
+    # path).
     g = torch.Generator().manual_seed(11)
     base = torch.randn(3 * CHUNK, generator=g, dtype=torch.float64)
     z = torch.randn(CHUNK, generator=g, dtype=torch.float64)
     xs = [
         (offset + scale * base).to(torch.float32),
         torch.cat([1e-10 * z[: 1 << 12], 1e3 * z[1 << 12 :]]).to(torch.float32),
+        torch.cat([1e-4 * z[: 1 << 12], 1e9 * z[1 << 12 :]]).to(torch.float32),
     ]
     (res,) = run(emu, [Describe(xs)], tmp_path)
     for x, s in zip(xs, res.summaries, strict=True):

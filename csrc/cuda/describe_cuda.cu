@@ -283,10 +283,11 @@ __device__ __forceinline__ float abs_ct(float x) { return fabsf(x); }
 __device__ __forceinline__ double abs_ct(double x) { return fabs(x); }
 
 // Per-thread accumulator. The shift and the scale are common to the 32 lanes of a warp (the
-// first finite value the warp meets, and the power of two that brings the spread of its first
-// values near 1), so lane sums add directly at the end of a chunk and only the 8 warp states of
-// a block need the Pebay merge. Sums are of d = (x - shift) * scale and of (x * scale)^2; the
-// scale (exact, a power of two) keeps float32 powers of tiny- or huge-scale data in range.
+// mean of the lanes' first finite values, and 1 or the power of two that brings the spread of
+// its first values near 1: pick_warp_shift), so lane sums add directly at the end of a chunk and
+// only the 8 warp states of a block need the Pebay merge. Sums are of d = (x - shift) * scale and
+// of (x * scale)^2; the scale (exact, a power of two) keeps float32 powers of tiny- or huge-scale
+// data in range.
 template <class CT>
 struct Acc {
   int32_t n, nan, posinf, neginf, zero;  // at most a few hundred values per thread
@@ -411,14 +412,21 @@ __device__ __forceinline__ double recip_ct(double x) { return __drcp_rn(x); }
 __device__ __forceinline__ int ilogb_ct(float x) { return ilogbf(x); }
 __device__ __forceinline__ int ilogb_ct(double x) { return ilogb(x); }
 
+// Largest |log2| of a spread that the power sums take unscaled. With the scale at 1 the float32
+// sums of d^4 overflow (sending the group to the float64 slow path) only for |d| beyond 2^31, at
+// least 2^14 times the first values' spread (scaled sums: 2^31 times), and only the d^4 of values
+// within 2^-15 times that spread of the shift, below 2^-60 of the spread's own d^4, fall into
+// subnormals (where they still add with an absolute error of 2^-149).
+constexpr int kUnitScaleExp = 16;
+
 // Give the warp its common shift (the mean over the lanes of each lane's first finite value in
 // this group: one atypical value moves it by 1/32 of its distance, where that value taken as the
 // shift would make the power sums of the whole warp cancel) and scale (2^-e for the largest
 // |x - shift| among the group's finite values, or for |shift| when they are all equal; within
-// 2^+-120; 1 if that spread overflows). Called by all 32 lanes together while the warp has no
-// shift yet (warp-uniform); the sum is reduced towards lane 0 and broadcast, so every lane gets
-// the same bits. Kept in the compute precision: it runs once per warp and chunk, and wider
-// arithmetic here costs the main loop registers.
+// 2^+-120; 1 if that spread overflows or lies within 2^+-kUnitScaleExp). Called by all 32 lanes
+// together while the warp has no shift yet (warp-uniform); the sum is reduced towards lane 0 and
+// broadcast, so every lane gets the same bits. Kept in the compute precision: it runs once per warp
+// and chunk, and wider arithmetic here costs the main loop registers.
 template <class CT, int N>
 __device__ __forceinline__ void pick_warp_shift(Acc<CT>& a, const CT (&v)[N], const bool (&ok)[N]) {
   CT cand = CT(0);
@@ -450,7 +458,9 @@ __device__ __forceinline__ void pick_warp_shift(Acc<CT>& a, const CT (&v)[N], co
   }
   if (spread == CT(0)) spread = abs_ct(a.shift);
   const int e = spread > CT(0) && is_finite_ct(spread) ? max(-120, min(120, ilogb_ct(spread))) : 0;
-  a.scale = static_cast<CT>(ldexpf(1.0f, -e));
+  // a spread within 2^+-kUnitScaleExp needs no scaling: its fourth powers stay far inside the
+  // float range, and the fast path saves the multiplication of every value by the scale
+  a.scale = abs(e) <= kUnitScaleExp ? CT(1) : static_cast<CT>(ldexpf(1.0f, -e));
   a.sshift = a.shift * a.scale;
 }
 
@@ -459,6 +469,46 @@ __device__ __forceinline__ void pick_warp_shift(Acc<CT>& a, const CT (&v)[N], co
 // so their window is tracked value by value.
 template <bool kState, class CT>
 constexpr bool kWindowFromExtremes = kState && std::is_same_v<CT, float>;
+
+// Power sums of a group of values that are all present and finite, in the compute precision,
+// and (without kPacked) their extremes and zero count. The sums start at -0, which an addition
+// or a fused multiply-add leaves out exactly, so the first value costs no addition.
+// kUnit: the warp's scale is 1, so x * scale is x and needs no multiplication.
+template <class CT>
+struct GroupSums {
+  // float inputs count zeros in a float (exact: at most N), FSET and FADD per value instead of
+  // a compare and two integer instructions
+  using ZT = std::conditional_t<std::is_same_v<CT, float>, float, int32_t>;
+  CT p1, p2, p3, p4, pab, psq, mn, mx;
+  ZT zeros;
+};
+
+template <bool kUnit, bool kPacked, class CT, int N>
+__device__ __forceinline__ GroupSums<CT> group_sums(const Acc<CT>& a, const CT (&v)[N]) {
+  using ZT = typename GroupSums<CT>::ZT;
+  GroupSums<CT> g;
+  g.p1 = g.p2 = g.p3 = g.p4 = g.pab = g.psq = CT(-0.0);
+  g.mn = g.mx = v[0];
+  g.zeros = ZT(0);
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+    const CT xs = kUnit ? v[j] : v[j] * a.scale;
+    const CT d = xs - a.sshift;
+    const CT d2 = d * d;
+    g.p1 += d;
+    g.p2 += d2;
+    g.p3 += d2 * d;
+    g.p4 += d2 * d2;
+    g.pab += abs_ct(v[j]);
+    g.psq += xs * xs;
+    if constexpr (!kPacked) {
+      g.mn = min_ct(g.mn, v[j]);  // all finite here: FMNMX instead of a compare and a select
+      g.mx = max_ct(g.mx, v[j]);
+      g.zeros += (v[j] == CT(0)) ? ZT(1) : ZT(0);
+    }
+  }
+  return g;
+}
 
 // Consume a group of N values (ok[j] false for padding). Called by every thread of the block the
 // same number of times.
@@ -479,45 +529,26 @@ __device__ __forceinline__ void consume(Acc<CT>& a, HistCtx& h, const CT (&v)[N]
 #pragma unroll
     for (int j = 0; j < N; ++j) all_ok = all_ok && ok[j];
     if (all_ok) {
-      CT p1 = CT(0), p2 = CT(0), p3 = CT(0), p4 = CT(0), pab = CT(0), psq = CT(0);
-      [[maybe_unused]] CT gmn = v[0], gmx = v[0];
-      // float inputs count zeros in a float (exact: at most N), FSET and FADD per value instead
-      // of a compare and two integer instructions
-      using ZT = std::conditional_t<std::is_same_v<CT, float>, float, int32_t>;
-      [[maybe_unused]] ZT zeros = ZT(0);
-#pragma unroll
-      for (int j = 0; j < N; ++j) {
-        const CT xs = v[j] * a.scale;
-        const CT d = xs - a.sshift;
-        const CT d2 = d * d;
-        p1 += d;
-        p2 += d2;
-        p3 += d2 * d;
-        p4 += d2 * d2;
-        pab += abs_ct(v[j]);
-        psq += xs * xs;
-        if constexpr (!kPacked) {
-          gmn = min_ct(gmn, v[j]);  // all finite here: FMNMX instead of a compare and a select
-          gmx = max_ct(gmx, v[j]);
-          zeros += (v[j] == CT(0)) ? ZT(1) : ZT(0);
-        }
-      }
+      // the warp's scale is 1 for data of ordinary magnitude (pick_warp_shift): the values
+      // then need no multiplication, one instruction per value fewer
+      const GroupSums<CT> g =
+          a.scale == CT(1) ? group_sums<true, kPacked>(a, v) : group_sums<false, kPacked>(a, v);
       // the three are sums of non-negative terms (or NaN): their sum is finite exactly when
       // each is, or overflows (and the group takes the slow path) only near the float limit
-      fast = is_finite_ct(p4 + psq + pab);
+      fast = is_finite_ct(g.p4 + g.psq + g.pab);
       if (fast) {
         a.n += N;
         if constexpr (!kPacked) {
-          a.zero += static_cast<int32_t>(zeros);
-          a.mn = gmn < a.mn ? gmn : a.mn;
-          a.mx = gmx > a.mx ? gmx : a.mx;
+          a.zero += static_cast<int32_t>(g.zeros);
+          a.mn = g.mn < a.mn ? g.mn : a.mn;
+          a.mx = g.mx > a.mx ? g.mx : a.mx;
         }
-        a.s1 += static_cast<double>(p1);
-        a.s2 += static_cast<double>(p2);
-        a.s3 += static_cast<double>(p3);
-        a.s4 += static_cast<double>(p4);
-        a.sab += static_cast<double>(pab);
-        a.ssq += static_cast<double>(psq);
+        a.s1 += static_cast<double>(g.p1);
+        a.s2 += static_cast<double>(g.p2);
+        a.s3 += static_cast<double>(g.p3);
+        a.s4 += static_cast<double>(g.p4);
+        a.sab += static_cast<double>(g.pab);
+        a.ssq += static_cast<double>(g.psq);
       }
     }
     if (!fast) {
@@ -607,20 +638,66 @@ __device__ __forceinline__ double linspace_at(int64_t i, int64_t bins, double lo
 }
 
 // ---------------------------------------------------------------- kernels
-// Lane 0 ends with the plain sums of the warp's accumulators (they share the warp's shift).
-template <class CT>
-__device__ __forceinline__ void warp_sum(Acc<CT>& a) {
+// Warp-wide integer sum, minimum and maximum, the result on every lane: one REDUX instruction on
+// sm_80 and newer (and on the host emulator), five shuffles and additions before.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#define PWS_HAS_REDUX 0
+#else
+#define PWS_HAS_REDUX 1
+#endif
+
+__device__ __forceinline__ int32_t warp_add_i32(int32_t v) {
+#if PWS_HAS_REDUX
+  return __reduce_add_sync(kFullMask, v);
+#else
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
+  return v;
+#endif
+}
+
+// A float's bits as an int32 that orders like the float (-0 just below +0; no NaN here): the
+// map is its own inverse.
+__device__ __forceinline__ int32_t ordered_bits(int32_t i) { return i ^ ((i >> 31) & 0x7fffffff); }
+
+template <bool kMax>
+__device__ __forceinline__ float warp_extreme(float x) {
+  int32_t k = ordered_bits(static_cast<int32_t>(f32_bits(x)));
+#if PWS_HAS_REDUX
+  k = kMax ? __reduce_max_sync(kFullMask, k) : __reduce_min_sync(kFullMask, k);
+#else
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) {
-    a.n += __shfl_down_sync(kFullMask, a.n, off);
-    a.nan += __shfl_down_sync(kFullMask, a.nan, off);
-    a.posinf += __shfl_down_sync(kFullMask, a.posinf, off);
-    a.neginf += __shfl_down_sync(kFullMask, a.neginf, off);
-    a.zero += __shfl_down_sync(kFullMask, a.zero, off);
-    const CT mn = __shfl_down_sync(kFullMask, a.mn, off);
-    const CT mx = __shfl_down_sync(kFullMask, a.mx, off);
-    a.mn = mn < a.mn ? mn : a.mn;
-    a.mx = mx > a.mx ? mx : a.mx;
+    const int32_t o = __shfl_xor_sync(kFullMask, k, off);
+    k = kMax ? max(k, o) : min(k, o);
+  }
+#endif
+  return float_from_bits(static_cast<uint32_t>(ordered_bits(k)));
+}
+
+template <bool kMax>
+__device__ __forceinline__ double warp_extreme(double x) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const double o = __shfl_xor_sync(kFullMask, x, off);
+    x = kMax ? (o > x ? o : x) : (o < x ? o : x);
+  }
+  return x;
+}
+
+// Lane 0 ends with the plain sums of the warp's accumulators (they share the warp's shift); the
+// counts and extremes end on every lane.
+template <class CT>
+__device__ __forceinline__ void warp_sum(Acc<CT>& a) {
+  a.n = warp_add_i32(a.n);
+  a.nan = warp_add_i32(a.nan);
+  a.posinf = warp_add_i32(a.posinf);
+  a.neginf = warp_add_i32(a.neginf);
+  a.zero = warp_add_i32(a.zero);
+  a.mn = warp_extreme<false>(a.mn);
+  a.mx = warp_extreme<true>(a.mx);
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
     a.s1 += __shfl_down_sync(kFullMask, a.s1, off);
     a.s2 += __shfl_down_sync(kFullMask, a.s2, off);
     a.s3 += __shfl_down_sync(kFullMask, a.s3, off);
@@ -660,29 +737,17 @@ __device__ __noinline__ Extremes<CT> rescan_extremes(const T* x, int64_t nv, CT 
   return Extremes<CT>{mn, mx};
 }
 
-// One step of the aligned loop: kLoads vector loads per thread from vector v0 on (kFull: all of
-// them below nv), consumed in groups of kGroup values.
-template <class T, bool kState, int kHist, bool kFull>
-__device__ __forceinline__ void vector_step(const T* x, int64_t v0, int64_t nv, HistCtx& h,
-                                            Acc<typename Compute<T>::type>& a) {
+// Consume the kLoads vector loads of one step of the aligned loop (in[u] false: padding), in
+// groups of kGroup values.
+template <class T, bool kState, int kHist>
+__device__ __forceinline__ void consume_loads(const typename Raw<T>::type (&raw)[kLoads],
+                                              const bool (&in)[kLoads], HistCtx& h,
+                                              Acc<typename Compute<T>::type>& a) {
   using CT = typename Compute<T>::type;
   constexpr int V = VecWidth<T>::value;
   constexpr int G = V * kLoads < kGroup ? V * kLoads : kGroup;  // values per group
   constexpr int kGroups = V * kLoads / G;
   constexpr bool kPacked = kState && sizeof(T) == 2;
-  const int tid = static_cast<int>(threadIdx.x);
-  typename Raw<T>::type raw[kLoads];
-  bool in[kLoads];
-#pragma unroll
-  for (int u = 0; u < kLoads; ++u) {
-    const int64_t i = v0 + u * kThreads + tid;
-    in[u] = kFull || i < nv;
-    if (in[u]) {
-      raw[u] = load_raw(x + i * V);
-    } else {
-      raw[u] = padding_raw<T>();
-    }
-  }
   if constexpr (kPacked) {
 #pragma unroll
     for (int u = 0; u < kLoads; ++u) fold_words<T>(raw[u], a.pmn, a.pmx, a.pzero);
@@ -697,6 +762,24 @@ __device__ __forceinline__ void vector_step(const T* x, int64_t v0, int64_t nv, 
     for (int j = 0; j < G; ++j) ok[j] = in[(g * G + j) / V];
     consume<kState, kHist, kPacked>(a, h, vals, ok);
   }
+}
+
+// The last, partial step of the aligned loop: the loads of vectors v0 + u * kThreads + tid that
+// lie below nv, padding for the others.
+template <class T, bool kState, int kHist>
+__device__ __forceinline__ void partial_step(const T* x, int64_t v0, int64_t nv, HistCtx& h,
+                                             Acc<typename Compute<T>::type>& a) {
+  constexpr int V = VecWidth<T>::value;
+  const int tid = static_cast<int>(threadIdx.x);
+  typename Raw<T>::type raw[kLoads];
+  bool in[kLoads];
+#pragma unroll
+  for (int u = 0; u < kLoads; ++u) {
+    const int64_t i = v0 + u * kThreads + tid;
+    in[u] = i < nv;
+    raw[u] = in[u] ? load_raw(x + i * V) : padding_raw<T>();
+  }
+  consume_loads<T, kState, kHist>(raw, in, h, a);
 }
 
 // Accumulate the chunk [start, start + len) of e into a (and h). kAlignedOnly: the caller
@@ -714,12 +797,24 @@ __device__ __forceinline__ void accumulate_chunk(const Entry& e, int64_t start, 
     const int64_t nv = len / V;
     constexpr bool kPacked = kState && sizeof(T) == 2;
     if constexpr (kPacked) packed_init<T>(a);
-    // whole steps (every load of every thread in the chunk: no tests), then the rest
-    constexpr int64_t kStep = kLoads * kThreads;
-    const int64_t full = nv / kStep * kStep;
-    for (int64_t v0 = 0; v0 < full; v0 += kStep)
-      vector_step<T, kState, kHist, true>(x, v0, nv, h, a);
-    if (full < nv) vector_step<T, kState, kHist, false>(x, full, nv, h, a);
+    // whole steps (every load of every thread in the chunk: no tests; a pointer and a 32-bit
+    // count, since a chunk has at most kChunk values), then the rest
+    constexpr int kStep = kLoads * kThreads;
+    using RT = typename Raw<T>::type;
+    const int steps = static_cast<int>(nv / kStep);
+    const RT* p = reinterpret_cast<const RT*>(x) + tid;
+    for (int step = 0; step < steps; ++step, p += kStep) {
+      RT raw[kLoads];
+      bool in[kLoads];
+#pragma unroll
+      for (int u = 0; u < kLoads; ++u) {
+        raw[u] = __ldg(p + u * kThreads);
+        in[u] = true;
+      }
+      consume_loads<T, kState, kHist>(raw, in, h, a);
+    }
+    const int64_t full = static_cast<int64_t>(steps) * kStep;
+    if (full < nv) partial_step<T, kState, kHist>(x, full, nv, h, a);
     if constexpr (kPacked) {
       packed_finish<T>(a);
       if (a.posinf + a.neginf != 0) {

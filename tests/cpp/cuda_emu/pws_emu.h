@@ -257,7 +257,7 @@ inline T from_slot(uint64_t bits) {
 
 // Deposit this lane's value, wait for the warp, compute the result with `read` (it sees every
 // lane's slot), wait again so no lane overwrites a slot another lane still has to read.
-enum Op : int { kShfl = 1, kShflDown, kShflXor, kBallot, kMatchAny };
+enum Op : int { kShfl = 1, kShflDown, kShflXor, kBallot, kMatchAny, kReduce };
 
 template <class R, class Read>
 inline R collective(int op, unsigned mask, uint64_t mine, Read read) {
@@ -606,6 +606,36 @@ inline unsigned __ballot_sync(unsigned mask, int pred) {
                                            r |= (s[l] != 0 ? 1u : 0u) << l;
                                          return r;
                                        });
+}
+
+// __reduce_add_sync / __reduce_min_sync / __reduce_max_sync (REDUX, sm_80): every lane of the
+// mask gets the sum (minimum, maximum) of their values.
+template <class T, class F>
+inline T pws_emu_reduce(unsigned mask, T v, F f) {
+  return pws_emu::collective<T>(pws_emu::kReduce, mask, pws_emu::to_slot(v),
+                                [mask, f](const uint64_t* s, int) {
+                                  bool first = true;
+                                  T r{};
+                                  for (int l = 0; l < 32; ++l) {
+                                    if (!(mask >> l & 1u)) continue;
+                                    const T x = pws_emu::from_slot<T>(s[l]);
+                                    r = first ? x : f(r, x);
+                                    first = false;
+                                  }
+                                  return r;
+                                });
+}
+inline int __reduce_add_sync(unsigned mask, int v) {
+  // wraps modulo 2^32, as the instruction does
+  return pws_emu_reduce<int>(mask, v, [](int a, int b) {
+    return static_cast<int>(static_cast<unsigned>(a) + static_cast<unsigned>(b));
+  });
+}
+inline int __reduce_min_sync(unsigned mask, int v) {
+  return pws_emu_reduce<int>(mask, v, [](int a, int b) { return b < a ? b : a; });
+}
+inline int __reduce_max_sync(unsigned mask, int v) {
+  return pws_emu_reduce<int>(mask, v, [](int a, int b) { return b > a ? b : a; });
 }
 
 template <class T>
