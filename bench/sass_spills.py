@@ -60,26 +60,29 @@ def instructions(function_sass: str) -> list[tuple[int, str]]:
     return out
 
 
-def main_loop(ins: list[tuple[int, str]]) -> tuple[int, int] | None:
-    """(head, closing branch) addresses of the main loop: the innermost backward-branch loop that
-    holds at least 4 16-byte loads (a rescan loop with one load per iteration is not it)."""
-    best = None
+def main_loops(ins: list[tuple[int, str]]) -> list[tuple[int, int]]:
+    """(head, closing branch) addresses of the main loops: the innermost backward-branch loops
+    that hold at least 4 16-byte loads (a rescan loop with one load per iteration is not one).
+    A moments kernel has three: the steps before the warp has its shift, then one loop for
+    scale 1 and one for other scales."""
+    loops = []
     for addr, text in ins:
-        m = re.search(r"BRA\b.*0x([0-9a-f]+)", text)
+        # a loop closes with a conditional branch back (out-of-line code placed after the
+        # kernel returns into it with unconditional ones)
+        m = re.match(r"@!?P[0-6] BRA\b.*0x([0-9a-f]+)", text)
         if not m or int(m.group(1), 16) >= addr:
             continue
         start = int(m.group(1), 16)
         body = [t for a, t in ins if start <= a <= addr]
-        if sum("LDG.E.128" in t for t in body) < 4:
-            continue
-        if best is None or addr - start < best[1] - best[0]:
-            best = (start, addr)
-    return best
+        if sum("LDG.E.128" in t for t in body) >= 4:
+            loops.append((start, addr))
+    # innermost: drop a loop that contains another
+    return [o for o in loops if not any(i != o and o[0] <= i[0] and i[1] <= o[1] for i in loops)]
 
 
-def loop_spills(ins: list[tuple[int, str]], loop: tuple[int, int]) -> tuple[int, int, int]:
-    """(instructions, LDL, STL) of the loop's body."""
-    body = [t for a, t in ins if loop[0] <= a <= loop[1]]
+def loop_spills(ins: list[tuple[int, str]], loops: list[tuple[int, int]]) -> tuple[int, int, int]:
+    """(instructions, LDL, STL) of the loops' bodies together."""
+    body = [t for a, t in ins if any(lo <= a <= hi for lo, hi in loops)]
     return len(body), sum("LDL" in t for t in body), sum("STL" in t for t in body)
 
 
@@ -89,7 +92,8 @@ FLOAT_MAX = "3.40282346638528859812e+38"
 def _predicate_writes(text: str, preds: dict[str, bool | None]) -> dict[str, bool | None]:
     """Predicates that an instruction writes on the modelled common path.
 
-    The model: a warp's shift is taken (``LOP3.LUT P, RZ, R, 0xff ...`` tests that flag), its
+    The model: a warp's shift is taken (``LOP3.LUT P, RZ, R, 0xff ...`` or
+    ``ISETP.NE.AND P, PT, R, RZ`` (or a uniform register) test that flag against zero), its
     scale is 1 (``FSETP.NEU ... R, 1``), every power sum is finite (``FSETP.GTU ... |R|, FLT_MAX``)
     and uniform predicates (the loop's exit tests) are false; ``PLOP3.LUT`` is evaluated from
     its table. Other writes (compares feeding selects) give an unknown value (``None``)."""
@@ -116,8 +120,10 @@ def _predicate_writes(text: str, preds: dict[str, bool | None]) -> dict[str, boo
 
         a, b, c = (value(x) for x in srcs)
         return {dst: bool(lut >> (a << 2 | b << 1 | c) & 1)}
-    if op.startswith("LOP3.LUT") and ", RZ, " in text:
-        return {dst: True}
+    if (op.startswith("LOP3.LUT") and ", RZ, " in text) or (
+        op == "ISETP.NE.AND" and re.search(r", PT, (U?R\d+, RZ|RZ, U?R\d+), PT$", text)
+    ):
+        return {dst: True}  # a flag tested against zero: the warp's shift is taken
     if op.startswith("FSETP.NEU") and re.search(r", 1, PT$", text):
         return {dst: False}
     if op.startswith("FSETP.GTU") and FLOAT_MAX in text:
@@ -144,13 +150,11 @@ def common_path_length(ins: list[tuple[int, str]], loop: tuple[int, int]) -> int
     while n < 100_000:
         addr, text = ins[i]
         n += 1
+        if addr == tail:  # the loop's own exit test decides nothing inside an iteration
+            return n
         m = re.match(r"(?:@(!?)(P[0-6]) )?BRA (?:\S+ )?0x([0-9a-f]+)", text)
         if m:
             taken = m.group(2) is None or known(m.group(2), text) != bool(m.group(1))
-            if addr == tail:
-                if not taken:
-                    raise ValueError("the modelled path leaves the loop")
-                return n
             if taken:
                 i = at[int(m.group(3), 16)]
                 continue
@@ -202,20 +206,32 @@ def main(argv: list[str] | None = None) -> int:
         kind, state, hist = int(m.group(1)), m.group(2) == "1", int(m.group(3))
         label = f"{KINDS[kind]}, {HISTS[hist]}{'' if state else ' only'}"
         ins = instructions(part)
-        loop = main_loop(ins)
-        if loop is None:
+        loops = main_loops(ins)
+        if not loops:
             print(f"{label:<32} {'(no loop with 16-byte loads found)':>22}")
             continue
-        n, ldl, stl = loop_spills(ins, loop)
+        n, ldl, stl = loop_spills(ins, loops)
         worst = max(worst, ldl + stl) if kind != 3 else worst
         per_value = "-"
         if kind in VALUES_PER_ITERATION and state and hist == 0:
-            per_value = f"{common_path_length(ins, loop) / VALUES_PER_ITERATION[kind]:.2f}"
+            # the steady state: the shortest modelled path among the loops (scale 1)
+            paths = []
+            for loop in loops:
+                try:
+                    paths.append(common_path_length(ins, loop))
+                except (KeyError, ValueError):
+                    continue  # a loop off the modelled path (e.g. one for scales other than 1)
+            if not paths:
+                raise ValueError(f"{label}: no main loop follows the modelled path")
+            per_value = f"{min(paths) / VALUES_PER_ITERATION[kind]:.2f}"
         print(f"{label:<32} {n:>10} {ldl:>5} {stl:>5} {per_value:>10}")
     print(
         "\nspills in a specialised kernel's main loop" if worst else "\nno spills in the main loops"
     )
-    print("path/value: instructions per value on the common path of the moments loop")
+    print(
+        "loop instr: the main loops together; path/value: instructions a warp issues per value"
+        " on the common path of the moments loop (scale 1, every value finite)"
+    )
     return 0
 
 

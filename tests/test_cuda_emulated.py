@@ -501,29 +501,47 @@ def test_extremes_of_threads_that_met_an_infinity(emu: Path, tmp_path: Path) -> 
             _same_counts(s, pws.describe(x))
 
 
+# (scale, offset) of scale * N(0, 1) + offset; float32 and bfloat16 share the float32 range
+WIDE_SCALES = [
+    (1e-30, 0.0),
+    (1e30, 0.0),
+    (1.0, 1e4),
+    (1e-20, 1e-15),
+    (1e25, 1e30),
+    (1e-5, 0.0),
+    (1e5, 0.0),
+]
+# float16 ones: a spread below 2^-16 (subnormal values, scaled sums) and unscaled ones
+HALF_SCALES = [(1e-6, 0.0), (1e-3, 0.0), (1.0, 1e3), (3e3, 0.0)]
+
+
 @pytest.mark.parametrize(
-    ("scale", "offset"),
-    [(1e-30, 0.0), (1e30, 0.0), (1.0, 1e4), (1e-20, 1e-15), (1e25, 1e30), (1e-5, 0.0), (1e5, 0.0)],
+    ("scale", "offset", "dtype"),
+    [(s, o, torch.float32) for s, o in WIDE_SCALES]
+    + [(s, o, torch.bfloat16) for s, o in WIDE_SCALES]
+    + [(s, o, torch.float16) for s, o in HALF_SCALES],
 )
 def test_scale_extremes_and_large_offset(
-    emu: Path, tmp_path: Path, scale: float, offset: float
+    emu: Path, tmp_path: Path, scale: float, offset: float, dtype: torch.dtype
 ) -> None:
     # The warp's shift and power-of-two scale keep float32 power sums in range and accurate
     # (SPEC: 1e4 + N(0, 1)); 1e-5 and 1e5 sit on either side of the spreads that take no scale
-    # (2^+-16). Warps also meet regime jumps: 1e-10 values, then 1e3 (scaled sums); 1e-4, then
-    # 1e9 (unscaled sums whose fourth powers overflow float32, so those groups take the float64
-    # path).
+    # (2^+-16). The 16-bit kernels run the rest of a chunk in a loop made for the warp's scale
+    # (1 or not), so each dtype meets both. Warps also meet regime jumps: 1e-10 values, then 1e3
+    # (scaled sums); 1e-4, then 1e9 (unscaled sums whose fourth powers overflow float32, so
+    # those groups take the float64 path); float16 has no room for them.
     g = torch.Generator().manual_seed(11)
     base = torch.randn(3 * CHUNK, generator=g, dtype=torch.float64)
     z = torch.randn(CHUNK, generator=g, dtype=torch.float64)
-    xs = [
-        (offset + scale * base).to(torch.float32),
-        torch.cat([1e-10 * z[: 1 << 12], 1e3 * z[1 << 12 :]]).to(torch.float32),
-        torch.cat([1e-4 * z[: 1 << 12], 1e9 * z[1 << 12 :]]).to(torch.float32),
-    ]
+    xs = [(offset + scale * base).to(dtype)]
+    if dtype != torch.float16:
+        xs += [
+            torch.cat([1e-10 * z[: 1 << 12], 1e3 * z[1 << 12 :]]).to(dtype),
+            torch.cat([1e-4 * z[: 1 << 12], 1e9 * z[1 << 12 :]]).to(dtype),
+        ]
     (res,) = run(emu, [Describe(xs)], tmp_path)
     for x, s in zip(xs, res.summaries, strict=True):
-        assert_summary_matches(s, ref_moments(x), f"{offset} + {scale} N(0,1)")
+        assert_summary_matches(s, ref_moments(x), f"{offset} + {scale} N(0,1), {dtype}")
 
 
 # ------------------------------------------------------------------------------ uniform

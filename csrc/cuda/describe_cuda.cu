@@ -291,10 +291,10 @@ __device__ __forceinline__ double abs_ct(double x) { return fabs(x); }
 template <class CT>
 struct Acc {
   int32_t n, nan, posinf, neginf, zero;  // at most a few hundred values per thread
-  bool has_shift;                        // warp-uniform
-  CT shift;                              // warp-uniform
-  CT scale, sshift;                      // warp-uniform; sshift = shift * scale
-  CT mn, mx;                             // +inf / -inf until a finite value is seen
+  int32_t has_shift;  // warp-uniform 0 / 1 (a bool here was spilled around the shift's pick)
+  CT shift;           // warp-uniform
+  CT scale, sshift;   // warp-uniform; sshift = shift * scale
+  CT mn, mx;          // +inf / -inf until a finite value is seen
   double s1, s2, s3, s4, sab, ssq;
   // aligned 16-bit inputs: extremes as packed words (both halves +inf / -inf at first) and the
   // sum of the zero masks of every loaded word; folded into mn, mx and zero by packed_finish
@@ -309,7 +309,7 @@ __device__ __forceinline__ CT ct_inf() {
 template <class CT>
 __device__ __forceinline__ void acc_init(Acc<CT>& a) {
   a.n = a.nan = a.posinf = a.neginf = a.zero = 0;
-  a.has_shift = false;
+  a.has_shift = 0;
   a.shift = CT(0);
   a.scale = CT(1);
   a.sshift = CT(0);
@@ -446,7 +446,7 @@ __device__ __forceinline__ void pick_warp_shift(Acc<CT>& a, const CT (&v)[N], co
   const CT mean32 = __shfl_sync(kFullMask, part, 0);
   a.shift = mean32 * (CT(32) * recip_ct(static_cast<CT>(__popc(lanes))));
   if (!is_finite_ct(a.shift)) a.shift = __shfl_sync(kFullMask, cand, __ffs(lanes) - 1);
-  a.has_shift = true;
+  a.has_shift = 1;
   CT spread = CT(0);
 #pragma unroll
   for (int j = 0; j < N; ++j) {
@@ -510,6 +510,8 @@ __device__ __forceinline__ GroupSums<CT> group_sums(const Acc<CT>& a, const CT (
   return g;
 }
 
+constexpr int kScaleAny = 0, kScaleOne = 1, kScaleSet = 2;
+
 // Consume a group of N values (ok[j] false for padding). Called by every thread of the block the
 // same number of times.
 //
@@ -519,20 +521,30 @@ __device__ __forceinline__ GroupSums<CT> group_sums(const Acc<CT>& a, const CT (
 // slow path, which sums their finite values directly in float64 and counts NaN and infinities.
 //
 // kPacked: the values' extremes and zeros are already in the packed accumulators (fold_words).
-template <bool kState, int kHist, bool kPacked = false, class CT, int N>
+// kScale: kScaleAny tests whether the warp has its shift (and picks it) and which scale it has;
+// kScaleOne and kScaleSet are for a warp that has its shift, with scale 1 or another scale.
+template <bool kState, int kHist, bool kPacked = false, int kScale = kScaleAny, class CT, int N>
 __device__ __forceinline__ void consume(Acc<CT>& a, HistCtx& h, const CT (&v)[N],
                                         const bool (&ok)[N]) {
   bool fast = false;  // every value present and finite (and its power sums in range)
   if constexpr (kState) {
-    if (!a.has_shift) pick_warp_shift(a, v, ok);
-    bool all_ok = a.has_shift;
+    if constexpr (kScale == kScaleAny) {
+      if (a.has_shift == 0) pick_warp_shift(a, v, ok);
+    }
+    bool all_ok = kScale != kScaleAny || a.has_shift != 0;
 #pragma unroll
     for (int j = 0; j < N; ++j) all_ok = all_ok && ok[j];
     if (all_ok) {
       // the warp's scale is 1 for data of ordinary magnitude (pick_warp_shift): the values
       // then need no multiplication, one instruction per value fewer
-      const GroupSums<CT> g =
-          a.scale == CT(1) ? group_sums<true, kPacked>(a, v) : group_sums<false, kPacked>(a, v);
+      GroupSums<CT> g;
+      if constexpr (kScale == kScaleOne) {
+        g = group_sums<true, kPacked>(a, v);
+      } else if constexpr (kScale == kScaleSet) {
+        g = group_sums<false, kPacked>(a, v);
+      } else {
+        g = a.scale == CT(1) ? group_sums<true, kPacked>(a, v) : group_sums<false, kPacked>(a, v);
+      }
       // the three are sums of non-negative terms (or NaN): their sum is finite exactly when
       // each is, or overflows (and the group takes the slow path) only near the float limit
       fast = is_finite_ct(g.p4 + g.psq + g.pab);
@@ -739,7 +751,7 @@ __device__ __noinline__ Extremes<CT> rescan_extremes(const T* x, int64_t nv, CT 
 
 // Consume the kLoads vector loads of one step of the aligned loop (in[u] false: padding), in
 // groups of kGroup values.
-template <class T, bool kState, int kHist>
+template <class T, bool kState, int kHist, int kScale>
 __device__ __forceinline__ void consume_loads(const typename Raw<T>::type (&raw)[kLoads],
                                               const bool (&in)[kLoads], HistCtx& h,
                                               Acc<typename Compute<T>::type>& a) {
@@ -760,7 +772,7 @@ __device__ __forceinline__ void consume_loads(const typename Raw<T>::type (&raw)
     for (int u = 0; u < G / V; ++u) unpack_to<T>(raw[g * (G / V) + u], vals + u * V);
 #pragma unroll
     for (int j = 0; j < G; ++j) ok[j] = in[(g * G + j) / V];
-    consume<kState, kHist, kPacked>(a, h, vals, ok);
+    consume<kState, kHist, kPacked, kScale>(a, h, vals, ok);
   }
 }
 
@@ -779,7 +791,22 @@ __device__ __forceinline__ void partial_step(const T* x, int64_t v0, int64_t nv,
     in[u] = i < nv;
     raw[u] = in[u] ? load_raw(x + i * V) : padding_raw<T>();
   }
-  consume_loads<T, kState, kHist>(raw, in, h, a);
+  consume_loads<T, kState, kHist, kScaleAny>(raw, in, h, a);
+}
+
+// One whole step of the aligned loop: kLoads vector loads per thread, all inside the chunk, from
+// p (this thread's first vector of the step) on.
+template <class T, bool kState, int kHist, int kScale>
+__device__ __forceinline__ void full_step(const typename Raw<T>::type* p, HistCtx& h,
+                                          Acc<typename Compute<T>::type>& a) {
+  typename Raw<T>::type raw[kLoads];
+  bool in[kLoads];
+#pragma unroll
+  for (int u = 0; u < kLoads; ++u) {
+    raw[u] = __ldg(p + u * kThreads);
+    in[u] = true;
+  }
+  consume_loads<T, kState, kHist, kScale>(raw, in, h, a);
 }
 
 // Accumulate the chunk [start, start + len) of e into a (and h). kAlignedOnly: the caller
@@ -803,15 +830,21 @@ __device__ __forceinline__ void accumulate_chunk(const Entry& e, int64_t start, 
     using RT = typename Raw<T>::type;
     const int steps = static_cast<int>(nv / kStep);
     const RT* p = reinterpret_cast<const RT*>(x) + tid;
-    for (int step = 0; step < steps; ++step, p += kStep) {
-      RT raw[kLoads];
-      bool in[kLoads];
-#pragma unroll
-      for (int u = 0; u < kLoads; ++u) {
-        raw[u] = __ldg(p + u * kThreads);
-        in[u] = true;
+    int step = 0;
+    if constexpr (kState && kHist == kHistNone && sizeof(T) == 2) {
+      // Moments only: once the warp has its shift (after its first step, unless all its first
+      // values are NaN or infinite), the rest of the chunk runs a loop made for its scale, with
+      // neither test in its groups. Histogram kernels keep the tests: their loops are long
+      // enough without three copies.
+      for (; step < steps && a.has_shift == 0; ++step, p += kStep)
+        full_step<T, kState, kHist, kScaleAny>(p, h, a);
+      if (a.scale == CT(1)) {
+        for (; step < steps; ++step, p += kStep) full_step<T, kState, kHist, kScaleOne>(p, h, a);
+      } else {
+        for (; step < steps; ++step, p += kStep) full_step<T, kState, kHist, kScaleSet>(p, h, a);
       }
-      consume_loads<T, kState, kHist>(raw, in, h, a);
+    } else {
+      for (; step < steps; ++step, p += kStep) full_step<T, kState, kHist, kScaleAny>(p, h, a);
     }
     const int64_t full = static_cast<int64_t>(steps) * kStep;
     if (full < nv) partial_step<T, kState, kHist>(x, full, nv, h, a);
