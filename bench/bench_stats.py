@@ -454,7 +454,7 @@ def bench_tensor(
     # pyweightstat
     tm, s = timer(lambda: pws.describe(t))
     check_summary(s, ref, f"describe {dtype_name} {n}")
-    add(
+    r_pass = add(
         "moments (Summary)",
         "pyweightstat",
         tm,
@@ -465,8 +465,19 @@ def bench_tensor(
         host_timer = Timer(device, timer.repeat, timer.budget_s)
         tm, _ = host_timer(lambda: pws.describe(t))
         add("moments, no lead", "pyweightstat", tm, note="events include the host's call time")
-    if device == "cuda":  # where the fixed cost of one pass goes (fused vs finalize kernel)
-        kernel_profile(lambda: pws.describe(t), 20, "call", log, top=4)
+    if device == "cuda":  # where the fixed cost of one pass goes (fused vs merge kernel)
+        fused = fused_kernel_seconds(
+            kernel_profile(lambda: pws.describe(t), 20, "call", log, top=4), 20
+        )
+        if fused is not None:
+            # the merge kernel's own profile includes its wait for the fused kernel (it is
+            # resident before that ends): what the pass pays after the fused kernel is this
+            after = r_pass.seconds - fused
+            r_pass.note = f"fused kernel {1e6 * fused:.1f} us, after it {1e6 * after:.1f} us"
+            log(
+                f"    pass {1e6 * r_pass.seconds:.1f} us - fused kernel {1e6 * fused:.1f} us"
+                f" = {1e6 * after:.1f} us after the fused kernel (merge, launch gaps)"
+            )
     tm, s = timer(lambda: pws.describe(t, bins=HIST_BINS, range=HIST_RANGE))
     check_summary(s, ref, f"describe(bins) {dtype_name} {n}")
     check_hist(s.hist, t, histc, f"describe(bins) {dtype_name} {n}")
@@ -763,6 +774,13 @@ def kernel_profile(
         per = k["total_us"] / calls
         log(f"    {per:9.1f} us/{unit}  x{k['calls'] / calls:g}  {k['name']}")
     return kernels[:top]
+
+
+def fused_kernel_seconds(kernels: list[dict[str, Any]], calls: int) -> float | None:
+    """Device seconds per call of the fused kernels in a :func:`kernel_profile` list (None when
+    the profile is empty or names none)."""
+    total_us = sum(k["total_us"] for k in kernels if "fused_kernel" in k["name"])
+    return total_us * 1e-6 / calls if total_us > 0 else None
 
 
 def _host_profile(fn: Callable[[], Any], calls: int, top: int = 12) -> list[dict[str, Any]]:

@@ -879,9 +879,40 @@ __device__ __forceinline__ void accumulate_chunk(const Entry& e, int64_t start, 
   }
 }
 
+// The plain sums of one warp (its lanes share the shift and scale), as lane 0 leaves them in
+// shared memory for the block's state.
+struct WarpSums {
+  int32_t n, nan, posinf, neginf, zero;
+  double shift, scale;
+  double s[4];  // sums of d, d^2, d^3, d^4 (d = (x - shift) * scale)
+  double sab, ssq, mn, mx;
+};
+
+// The MomentState of a warp's sums: one lane per warp, so that the 8 conversions of a block
+// (divisions included) issue once, in warp 0, instead of once in each warp.
+__device__ __forceinline__ MomentState state_of_sums(const WarpSums& w) {
+  MomentState s = moment_identity();
+  s.nan = w.nan;
+  s.posinf = w.posinf;
+  s.neginf = w.neginf;
+  s.zero = w.zero;
+  if (w.n > 0) {
+    s.n = w.n;
+    const double u = 1.0 / w.scale;  // exact: a power of two
+    const double u2 = u * u;
+    moments_from_shifted_sums(static_cast<double>(w.n), w.shift, w.s[0] * u, w.s[1] * u2,
+                              w.s[2] * (u2 * u), w.s[3] * (u2 * u2), &s.mean, &s.m2, &s.m3, &s.m4);
+    s.min = w.mn;
+    s.max = w.mx;
+    s.sum_abs = w.sab;
+    s.sum_sq = w.ssq * u2;
+  }
+  return s;
+}
+
 template <class T, bool kState, int kHist, bool kAlignedOnly>
 __device__ __forceinline__ void run_chunk(const Entry& e, int64_t start, int64_t len, HistCtx& h,
-                                          MomentState* chunk_out, MomentState* warp_states) {
+                                          MomentState* chunk_out, WarpSums* warp_sums) {
   using CT = typename Compute<T>::type;
   const int tid = static_cast<int>(threadIdx.x);
   const int lane = tid & 31, warp = tid >> 5;
@@ -897,28 +928,22 @@ __device__ __forceinline__ void run_chunk(const Entry& e, int64_t start, int64_t
   if constexpr (kState) {
     warp_sum(a);
     if (lane == 0) {
-      MomentState s = moment_identity();
-      s.nan = a.nan;
-      s.posinf = a.posinf;
-      s.neginf = a.neginf;
-      s.zero = a.zero;
-      if (a.n > 0) {
-        s.n = a.n;
-        const double u = 1.0 / static_cast<double>(a.scale);  // exact: a power of two
-        const double u2 = u * u;
-        moments_from_shifted_sums(static_cast<double>(a.n), static_cast<double>(a.shift), a.s1 * u,
-                                  a.s2 * u2, a.s3 * (u2 * u), a.s4 * (u2 * u2), &s.mean, &s.m2,
-                                  &s.m3, &s.m4);
-        s.min = static_cast<double>(a.mn);
-        s.max = static_cast<double>(a.mx);
-        s.sum_abs = a.sab;
-        s.sum_sq = a.ssq * u2;
-      }
-      warp_states[warp] = s;
+      warp_sums[warp] = WarpSums{a.n,
+                                 a.nan,
+                                 a.posinf,
+                                 a.neginf,
+                                 a.zero,
+                                 static_cast<double>(a.shift),
+                                 static_cast<double>(a.scale),
+                                 {a.s1, a.s2, a.s3, a.s4},
+                                 a.sab,
+                                 a.ssq,
+                                 static_cast<double>(a.mn),
+                                 static_cast<double>(a.mx)};
     }
     __syncthreads();
     if (warp == 0) {
-      MomentState s = lane < kWarps ? warp_states[lane] : moment_identity();
+      MomentState s = lane < kWarps ? state_of_sums(warp_sums[lane]) : moment_identity();
       s = warp_merge(s, kWarps / 2);
       if (lane == 0) *chunk_out = s;
     }
@@ -1095,7 +1120,7 @@ template <int kKind, bool kState, int kHist>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
     fused_kernel(const __grid_constant__ EntryTable tab, const __grid_constant__ Params p) {
   PWS_DYNAMIC_SHARED(unsigned char, dyn_smem);
-  __shared__ MomentState warp_states[kWarps];
+  __shared__ WarpSums warp_sums[kWarps];
   __shared__ int32_t block_window[2];  // log: the block's touched finite buckets (lo, hi)
   allow_dependent_launch();            // every block is resident: the merge may be scheduled
   const int tid = static_cast<int>(threadIdx.x);
@@ -1144,24 +1169,24 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
 
   MomentState* chunk_out = kState ? p.scratch + (tab.chunk_base + b) : nullptr;
   if constexpr (kKind == kKindF32) {
-    run_chunk<float, kState, kHist, true>(e, start, len, h, chunk_out, warp_states);
+    run_chunk<float, kState, kHist, true>(e, start, len, h, chunk_out, warp_sums);
   } else if constexpr (kKind == kKindF16) {
-    run_chunk<half_t, kState, kHist, true>(e, start, len, h, chunk_out, warp_states);
+    run_chunk<half_t, kState, kHist, true>(e, start, len, h, chunk_out, warp_sums);
   } else if constexpr (kKind == kKindBF16) {
-    run_chunk<bfloat16_t, kState, kHist, true>(e, start, len, h, chunk_out, warp_states);
+    run_chunk<bfloat16_t, kState, kHist, true>(e, start, len, h, chunk_out, warp_sums);
   } else {
     switch (static_cast<DType>(e.dtype)) {
       case DType::F32:
-        run_chunk<float, kState, kHist, false>(e, start, len, h, chunk_out, warp_states);
+        run_chunk<float, kState, kHist, false>(e, start, len, h, chunk_out, warp_sums);
         break;
       case DType::F64:
-        run_chunk<double, kState, kHist, false>(e, start, len, h, chunk_out, warp_states);
+        run_chunk<double, kState, kHist, false>(e, start, len, h, chunk_out, warp_sums);
         break;
       case DType::F16:
-        run_chunk<half_t, kState, kHist, false>(e, start, len, h, chunk_out, warp_states);
+        run_chunk<half_t, kState, kHist, false>(e, start, len, h, chunk_out, warp_sums);
         break;
       case DType::BF16:
-        run_chunk<bfloat16_t, kState, kHist, false>(e, start, len, h, chunk_out, warp_states);
+        run_chunk<bfloat16_t, kState, kHist, false>(e, start, len, h, chunk_out, warp_sums);
         break;
     }
   }
