@@ -501,6 +501,26 @@ def test_extremes_of_threads_that_met_an_infinity(emu: Path, tmp_path: Path) -> 
             _same_counts(s, pws.describe(x))
 
 
+def test_shift_of_warps_whose_first_values_are_not_finite(emu: Path, tmp_path: Path) -> None:
+    # A warp takes its shift from each lane's first finite value. Lanes whose first value (every
+    # 4th element: the first of each 16-byte load, for every dtype) is NaN or infinite must
+    # search past it; a warp whose first values are all NaN picks its shift in a later group.
+    g = torch.Generator().manual_seed(5)
+    xs = []
+    for dtype in DTYPES:
+        a = torch.randn(2 * CHUNK + 40, generator=g, dtype=torch.float64)
+        a[: 1 << 14 : 4] = float("nan")
+        a[1 << 12 : 1 << 13 : 8] = float("inf")
+        a[1 << 13 : 1 << 14 : 8] = float("-inf")
+        b = torch.randn(2 * CHUNK, generator=g, dtype=torch.float64) + 3.0
+        b[: 1 << 13] = float("nan")  # every lane's first group (and the next) NaN
+        b[1 << 12 : (1 << 12) + 64 : 2] = 1.5  # a few finite values inside the NaN run
+        xs += [a.to(dtype), b.to(dtype)]
+    (res,) = run(emu, [Describe(xs)], tmp_path)
+    for x, s in zip(xs, res.summaries, strict=True):
+        assert_summary_matches(s, ref_moments(x), f"non-finite first values, {x.dtype}")
+
+
 # (scale, offset) of scale * N(0, 1) + offset; float32 and bfloat16 share the float32 range
 WIDE_SCALES = [
     (1e-30, 0.0),

@@ -412,6 +412,53 @@ __device__ __forceinline__ double recip_ct(double x) { return __drcp_rn(x); }
 __device__ __forceinline__ int ilogb_ct(float x) { return ilogbf(x); }
 __device__ __forceinline__ int ilogb_ct(double x) { return ilogb(x); }
 
+// Warp-wide integer sum, minimum and maximum, the result on every lane: one REDUX instruction on
+// sm_80 and newer (and on the host emulator), five shuffles and additions before.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#define PWS_HAS_REDUX 0
+#else
+#define PWS_HAS_REDUX 1
+#endif
+
+__device__ __forceinline__ int32_t warp_add_i32(int32_t v) {
+#if PWS_HAS_REDUX
+  return __reduce_add_sync(kFullMask, v);
+#else
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
+  return v;
+#endif
+}
+
+// A float's bits as an int32 that orders like the float (-0 just below +0; no NaN here): the
+// map is its own inverse.
+__device__ __forceinline__ int32_t ordered_bits(int32_t i) { return i ^ ((i >> 31) & 0x7fffffff); }
+
+template <bool kMax>
+__device__ __forceinline__ float warp_extreme(float x) {
+  int32_t k = ordered_bits(static_cast<int32_t>(f32_bits(x)));
+#if PWS_HAS_REDUX
+  k = kMax ? __reduce_max_sync(kFullMask, k) : __reduce_min_sync(kFullMask, k);
+#else
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const int32_t o = __shfl_xor_sync(kFullMask, k, off);
+    k = kMax ? max(k, o) : min(k, o);
+  }
+#endif
+  return float_from_bits(static_cast<uint32_t>(ordered_bits(k)));
+}
+
+template <bool kMax>
+__device__ __forceinline__ double warp_extreme(double x) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) {
+    const double o = __shfl_xor_sync(kFullMask, x, off);
+    x = kMax ? (o > x ? o : x) : (o < x ? o : x);
+  }
+  return x;
+}
+
 // Largest |log2| of a spread that the power sums take unscaled. With the scale at 1 the float32
 // sums of d^4 overflow (sending the group to the float64 slow path) only for |d| beyond 2^31, at
 // least 2^14 times the first values' spread (scaled sums: 2^31 times), and only the d^4 of values
@@ -422,21 +469,26 @@ constexpr int kUnitScaleExp = 16;
 // Give the warp its common shift (the mean over the lanes of each lane's first finite value in
 // this group: one atypical value moves it by 1/32 of its distance, where that value taken as the
 // shift would make the power sums of the whole warp cancel) and scale (2^-e for the largest
-// |x - shift| among the group's finite values, or for |shift| when they are all equal; within
-// 2^+-120; 1 if that spread overflows or lies within 2^+-kUnitScaleExp). Called by all 32 lanes
-// together while the warp has no shift yet (warp-uniform); the sum is reduced towards lane 0 and
-// broadcast, so every lane gets the same bits. Kept in the compute precision: it runs once per warp
-// and chunk, and wider arithmetic here costs the main loop registers.
+// |x - shift| among those first values, or for |shift| when they are all equal; within 2^+-120;
+// 1 if that spread overflows or lies within 2^+-kUnitScaleExp). The scale only keeps the power
+// sums in range (a group beyond it takes the float64 path), so a sample of 32 values sets it.
+// Called by all 32 lanes together while the warp has no shift yet (warp-uniform); the sum is
+// reduced towards lane 0 and broadcast, so every lane gets the same bits. Kept in the compute
+// precision: it runs once per warp and chunk, and wider arithmetic here costs the main loop
+// registers. A lane's first value is nearly always finite: the search past it is a branch.
 template <class CT, int N>
 __device__ __forceinline__ void pick_warp_shift(Acc<CT>& a, const CT (&v)[N], const bool (&ok)[N]) {
-  CT cand = CT(0);
-  bool have = false;
+  CT cand = v[0];
+  bool have = ok[0] && is_finite_ct(v[0]);
+  if (!have) {
 #pragma unroll
-  for (int j = 0; j < N; ++j) {
-    if (!have && ok[j] && is_finite_ct(v[j])) {
-      cand = v[j];
-      have = true;
+    for (int j = 1; j < N; ++j) {
+      if (!have && ok[j] && is_finite_ct(v[j])) {
+        cand = v[j];
+        have = true;
+      }
     }
+    if (!have) cand = CT(0);
   }
   const unsigned lanes = __ballot_sync(kFullMask, have);
   if (lanes == 0u) return;
@@ -444,18 +496,12 @@ __device__ __forceinline__ void pick_warp_shift(Acc<CT>& a, const CT (&v)[N], co
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) part += __shfl_down_sync(kFullMask, part, off);
   const CT mean32 = __shfl_sync(kFullMask, part, 0);
-  a.shift = mean32 * (CT(32) * recip_ct(static_cast<CT>(__popc(lanes))));
+  a.shift = lanes == kFullMask ? mean32  // the common case: every lane has one
+                               : mean32 * (CT(32) * recip_ct(static_cast<CT>(__popc(lanes))));
   if (!is_finite_ct(a.shift)) a.shift = __shfl_sync(kFullMask, cand, __ffs(lanes) - 1);
   a.has_shift = 1;
-  CT spread = CT(0);
-#pragma unroll
-  for (int j = 0; j < N; ++j) {
-    if (ok[j] && is_finite_ct(v[j])) spread = fmax(spread, abs_ct(v[j] - a.shift));
-  }
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {  // max: the same on every lane in any order
-    spread = fmax(spread, __shfl_xor_sync(kFullMask, spread, off));
-  }
+  // the same on every lane (a maximum: any order); infinite where the difference overflows
+  CT spread = warp_extreme<true>(have ? abs_ct(cand - a.shift) : CT(0));
   if (spread == CT(0)) spread = abs_ct(a.shift);
   const int e = spread > CT(0) && is_finite_ct(spread) ? max(-120, min(120, ilogb_ct(spread))) : 0;
   // a spread within 2^+-kUnitScaleExp needs no scaling: its fourth powers stay far inside the
@@ -650,53 +696,6 @@ __device__ __forceinline__ double linspace_at(int64_t i, int64_t bins, double lo
 }
 
 // ---------------------------------------------------------------- kernels
-// Warp-wide integer sum, minimum and maximum, the result on every lane: one REDUX instruction on
-// sm_80 and newer (and on the host emulator), five shuffles and additions before.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-#define PWS_HAS_REDUX 0
-#else
-#define PWS_HAS_REDUX 1
-#endif
-
-__device__ __forceinline__ int32_t warp_add_i32(int32_t v) {
-#if PWS_HAS_REDUX
-  return __reduce_add_sync(kFullMask, v);
-#else
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(kFullMask, v, off);
-  return v;
-#endif
-}
-
-// A float's bits as an int32 that orders like the float (-0 just below +0; no NaN here): the
-// map is its own inverse.
-__device__ __forceinline__ int32_t ordered_bits(int32_t i) { return i ^ ((i >> 31) & 0x7fffffff); }
-
-template <bool kMax>
-__device__ __forceinline__ float warp_extreme(float x) {
-  int32_t k = ordered_bits(static_cast<int32_t>(f32_bits(x)));
-#if PWS_HAS_REDUX
-  k = kMax ? __reduce_max_sync(kFullMask, k) : __reduce_min_sync(kFullMask, k);
-#else
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const int32_t o = __shfl_xor_sync(kFullMask, k, off);
-    k = kMax ? max(k, o) : min(k, o);
-  }
-#endif
-  return float_from_bits(static_cast<uint32_t>(ordered_bits(k)));
-}
-
-template <bool kMax>
-__device__ __forceinline__ double warp_extreme(double x) {
-#pragma unroll
-  for (int off = 16; off > 0; off >>= 1) {
-    const double o = __shfl_xor_sync(kFullMask, x, off);
-    x = kMax ? (o > x ? o : x) : (o < x ? o : x);
-  }
-  return x;
-}
-
 // Lane 0 ends with the plain sums of the warp's accumulators (they share the warp's shift); the
 // counts and extremes end on every lane.
 template <class CT>
