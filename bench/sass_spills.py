@@ -93,7 +93,8 @@ def _predicate_writes(text: str, preds: dict[str, bool | None]) -> dict[str, boo
     """Predicates that an instruction writes on the modelled common path.
 
     The model: a warp's shift is taken (``LOP3.LUT P, RZ, R, 0xff ...`` or
-    ``ISETP.NE.AND P, PT, R, RZ`` (or a uniform register) test that flag against zero), its
+    ``ISETP.NE.AND P, PT, R, RZ`` (or a uniform register) test that flag against zero,
+    ``ISETP.NE.AND P, PT, R, 0x1`` against kShiftSet), its
     scale is 1 (``FSETP.NEU ... R, 1``), every power sum is finite (``FSETP.GTU ... |R|, FLT_MAX``)
     and uniform predicates (the loop's exit tests) are false; ``PLOP3.LUT`` is evaluated from
     its table. Other writes (compares feeding selects) give an unknown value (``None``)."""
@@ -124,6 +125,8 @@ def _predicate_writes(text: str, preds: dict[str, bool | None]) -> dict[str, boo
         op == "ISETP.NE.AND" and re.search(r", PT, (U?R\d+, RZ|RZ, U?R\d+), PT$", text)
     ):
         return {dst: True}  # a flag tested against zero: the warp's shift is taken
+    if op == "ISETP.NE.AND" and re.search(r", PT, U?R\d+, 0x1, PT$", text):
+        return {dst: False}  # has_shift != kShiftSet: the warp's shift is taken
     if op.startswith("FSETP.NEU") and re.search(r", 1, PT$", text):
         return {dst: False}
     if op.startswith("FSETP.GTU") and FLOAT_MAX in text:

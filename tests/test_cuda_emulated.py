@@ -521,6 +521,38 @@ def test_shift_of_warps_whose_first_values_are_not_finite(emu: Path, tmp_path: P
         assert_summary_matches(s, ref_moments(x), f"non-finite first values, {x.dtype}")
 
 
+def test_scale_of_warps_whose_first_values_are_equal_or_zero(emu: Path, tmp_path: Path) -> None:
+    # The scale comes from the spread of the lanes' first values, of the whole group when those
+    # are all equal, and of |shift| when the group's values are all equal; a warp that has seen
+    # only zeros waits for a nonzero value (then adds its zeros under the new shift). Tiny values
+    # after zeros or after a constant run must not lose their d^4 to float32 subnormals.
+    g = torch.Generator().manual_seed(8)
+
+    def randn(n: int) -> torch.Tensor:
+        return torch.randn(n, generator=g, dtype=torch.float64)
+
+    def prefixed(prefix: float, width: int, body: torch.Tensor) -> torch.Tensor:
+        x = body.clone().view(-1, CHUNK)
+        x[:, :width] = prefix  # the start of every chunk
+        return x.reshape(-1)
+
+    xs = []
+    for dtype in (torch.float32, torch.bfloat16):
+        xs += [
+            prefixed(0.0, 1024, 1e-12 * randn(2 * CHUNK)).to(dtype),  # lanes' first values zero
+            prefixed(0.0, 1 << 14, 1e-12 * randn(2 * CHUNK)).to(dtype),  # whole groups zero
+            prefixed(0.0, 1 << 14, 1e4 + randn(2 * CHUNK)).to(dtype),  # zeros, then an offset
+        ]
+    sparse = torch.rand(2 * CHUNK, generator=g) < 0.03
+    xs.append(torch.where(sparse, 1e-12 * randn(2 * CHUNK), 0.0).to(torch.float32))
+    xs.append(prefixed(2e-5, 1024, 2e-5 * (1 + 2**-21 * randn(2 * CHUNK))).to(torch.float32))
+    xs.append(prefixed(0.0, 1 << 14, 1e-3 * randn(2 * CHUNK)).to(torch.float16))
+    xs.append(torch.zeros(CHUNK + 7, dtype=torch.float32))
+    (res,) = run(emu, [Describe(xs)], tmp_path)
+    for i, (x, s) in enumerate(zip(xs, res.summaries, strict=True)):
+        assert_summary_matches(s, ref_moments(x), f"case {i}, {x.dtype}")
+
+
 # (scale, offset) of scale * N(0, 1) + offset; float32 and bfloat16 share the float32 range
 WIDE_SCALES = [
     (1e-30, 0.0),

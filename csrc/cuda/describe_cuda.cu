@@ -282,6 +282,9 @@ __device__ __forceinline__ int64_t strided_offset(const Entry& e, int64_t f) {
 __device__ __forceinline__ float abs_ct(float x) { return fabsf(x); }
 __device__ __forceinline__ double abs_ct(double x) { return fabs(x); }
 
+// Acc::has_shift
+constexpr int32_t kShiftNone = 0, kShiftSet = 1, kShiftZeros = 2;
+
 // Per-thread accumulator. The shift and the scale are common to the 32 lanes of a warp (the
 // mean of the lanes' first finite values, and 1 or the power of two that brings the spread of
 // its first values near 1: pick_warp_shift), so lane sums add directly at the end of a chunk and
@@ -291,10 +294,13 @@ __device__ __forceinline__ double abs_ct(double x) { return fabs(x); }
 template <class CT>
 struct Acc {
   int32_t n, nan, posinf, neginf, zero;  // at most a few hundred values per thread
-  int32_t has_shift;  // warp-uniform 0 / 1 (a bool here was spilled around the shift's pick)
-  CT shift;           // warp-uniform
-  CT scale, sshift;   // warp-uniform; sshift = shift * scale
-  CT mn, mx;          // +inf / -inf until a finite value is seen
+  // warp-uniform: kShiftNone, kShiftSet, or kShiftZeros (every finite value so far was zero: the
+  // sums run with shift 0 and scale 1, where zeros add nothing, until a nonzero value sets them).
+  // An int32: a bool here was spilled around the shift's pick.
+  int32_t has_shift;
+  CT shift;          // warp-uniform
+  CT scale, sshift;  // warp-uniform; sshift = shift * scale
+  CT mn, mx;         // +inf / -inf until a finite value is seen
   double s1, s2, s3, s4, sab, ssq;
   // aligned 16-bit inputs: extremes as packed words (both halves +inf / -inf at first) and the
   // sum of the zero masks of every loaded word; folded into mn, mx and zero by packed_finish
@@ -309,7 +315,7 @@ __device__ __forceinline__ CT ct_inf() {
 template <class CT>
 __device__ __forceinline__ void acc_init(Acc<CT>& a) {
   a.n = a.nan = a.posinf = a.neginf = a.zero = 0;
-  a.has_shift = 0;
+  a.has_shift = kShiftNone;
   a.shift = CT(0);
   a.scale = CT(1);
   a.sshift = CT(0);
@@ -468,10 +474,15 @@ constexpr int kUnitScaleExp = 16;
 
 // Give the warp its common shift (the mean over the lanes of each lane's first finite value in
 // this group: one atypical value moves it by 1/32 of its distance, where that value taken as the
-// shift would make the power sums of the whole warp cancel) and scale (2^-e for the largest
-// |x - shift| among those first values, or for |shift| when they are all equal; within 2^+-120;
-// 1 if that spread overflows or lies within 2^+-kUnitScaleExp). The scale only keeps the power
-// sums in range (a group beyond it takes the float64 path), so a sample of 32 values sets it.
+// shift would make the power sums of the whole warp cancel) and scale: 2^-e for the spread, the
+// largest |x - shift| among those first values (a sample: the scale only keeps the power sums in
+// range, and a group beyond it takes the float64 path), or among all the group's finite values
+// when the sample's are all equal; 1 when the spread lies within 2^+-kUnitScaleExp or overflows.
+// When every finite value of the group equals the shift, there is no spread: a nonzero shift sets
+// the scale from |shift| (never 1 by the unit rule, so that later values an ulp away keep their
+// d^4 out of the subnormals), and a zero shift leaves the warp in kShiftZeros, picking again in
+// its next groups; the first pick after that adds the zeros counted so far to the power sums
+// under the new shift. Within 2^+-120.
 // Called by all 32 lanes together while the warp has no shift yet (warp-uniform); the sum is
 // reduced towards lane 0 and broadcast, so every lane gets the same bits. Kept in the compute
 // precision: it runs once per warp and chunk, and wider arithmetic here costs the main loop
@@ -496,18 +507,46 @@ __device__ __forceinline__ void pick_warp_shift(Acc<CT>& a, const CT (&v)[N], co
 #pragma unroll
   for (int off = 16; off > 0; off >>= 1) part += __shfl_down_sync(kFullMask, part, off);
   const CT mean32 = __shfl_sync(kFullMask, part, 0);
-  a.shift = lanes == kFullMask ? mean32  // the common case: every lane has one
-                               : mean32 * (CT(32) * recip_ct(static_cast<CT>(__popc(lanes))));
-  if (!is_finite_ct(a.shift)) a.shift = __shfl_sync(kFullMask, cand, __ffs(lanes) - 1);
-  a.has_shift = 1;
+  CT shift = lanes == kFullMask ? mean32  // the common case: every lane has one
+                                : mean32 * (CT(32) * recip_ct(static_cast<CT>(__popc(lanes))));
+  if (!is_finite_ct(shift)) shift = __shfl_sync(kFullMask, cand, __ffs(lanes) - 1);
   // the same on every lane (a maximum: any order); infinite where the difference overflows
-  CT spread = warp_extreme<true>(have ? abs_ct(cand - a.shift) : CT(0));
-  if (spread == CT(0)) spread = abs_ct(a.shift);
-  const int e = spread > CT(0) && is_finite_ct(spread) ? max(-120, min(120, ilogb_ct(spread))) : 0;
-  // a spread within 2^+-kUnitScaleExp needs no scaling: its fourth powers stay far inside the
-  // float range, and the fast path saves the multiplication of every value by the scale
-  a.scale = abs(e) <= kUnitScaleExp ? CT(1) : static_cast<CT>(ldexpf(1.0f, -e));
-  a.sshift = a.shift * a.scale;
+  CT spread = warp_extreme<true>(have ? abs_ct(cand - shift) : CT(0));
+  if (spread == CT(0)) {  // the sample's values are all equal: the whole group's spread
+    CT all = CT(0);
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      if (ok[j] && is_finite_ct(v[j])) all = fmax(all, abs_ct(v[j] - shift));
+    }
+    spread = warp_extreme<true>(all);
+  }
+  int e = 0;
+  if (spread > CT(0)) {
+    e = is_finite_ct(spread) ? max(-120, min(120, ilogb_ct(spread))) : 0;
+    // a spread within 2^+-kUnitScaleExp needs no scaling: its fourth powers stay far inside
+    // the float range, and the fast path saves the multiplication of every value by the scale
+    if (abs(e) <= kUnitScaleExp) e = 0;
+  } else if (shift != CT(0)) {
+    e = max(-120, min(120, ilogb_ct(abs_ct(shift))));
+  } else {  // only zeros so far: wait for a nonzero value (shift 0 and scale 1 until then)
+    a.has_shift = kShiftZeros;
+    return;
+  }
+  const CT scale = static_cast<CT>(ldexpf(1.0f, -e));
+  const CT sshift = shift * scale;
+  if (a.has_shift == kShiftZeros) {
+    // the zeros counted so far (all of this lane's finite values, summed as 0 under shift 0):
+    // each has d = -sshift under the new shift
+    const double n0 = static_cast<double>(a.n), z = -static_cast<double>(sshift), z2 = z * z;
+    a.s1 += n0 * z;
+    a.s2 += n0 * z2;
+    a.s3 += n0 * (z2 * z);
+    a.s4 += n0 * (z2 * z2);
+  }
+  a.shift = shift;
+  a.scale = scale;
+  a.sshift = sshift;
+  a.has_shift = kShiftSet;
 }
 
 // The log window of a chunk comes from the extremes of its finite values (buckets are monotone in
@@ -575,9 +614,9 @@ __device__ __forceinline__ void consume(Acc<CT>& a, HistCtx& h, const CT (&v)[N]
   bool fast = false;  // every value present and finite (and its power sums in range)
   if constexpr (kState) {
     if constexpr (kScale == kScaleAny) {
-      if (a.has_shift == 0) pick_warp_shift(a, v, ok);
+      if (a.has_shift != kShiftSet) pick_warp_shift(a, v, ok);
     }
-    bool all_ok = kScale != kScaleAny || a.has_shift != 0;
+    bool all_ok = kScale != kScaleAny || a.has_shift != kShiftNone;
 #pragma unroll
     for (int j = 0; j < N; ++j) all_ok = all_ok && ok[j];
     if (all_ok) {
@@ -835,7 +874,7 @@ __device__ __forceinline__ void accumulate_chunk(const Entry& e, int64_t start, 
       // values are NaN or infinite), the rest of the chunk runs a loop made for its scale, with
       // neither test in its groups. Histogram kernels keep the tests: their loops are long
       // enough without three copies.
-      for (; step < steps && a.has_shift == 0; ++step, p += kStep)
+      for (; step < steps && a.has_shift != kShiftSet; ++step, p += kStep)
         full_step<T, kState, kHist, kScaleAny>(p, h, a);
       if (a.scale == CT(1)) {
         for (; step < steps; ++step, p += kStep) full_step<T, kState, kHist, kScaleOne>(p, h, a);
