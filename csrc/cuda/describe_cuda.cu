@@ -814,35 +814,18 @@ __device__ __forceinline__ void consume_loads(const typename Raw<T>::type (&raw)
   }
 }
 
-// The last, partial step of the aligned loop: the loads of vectors v0 + u * kThreads + tid that
-// lie below nv, padding for the others.
-template <class T, bool kState, int kHist>
-__device__ __forceinline__ void partial_step(const T* x, int64_t v0, int64_t nv, HistCtx& h,
-                                             Acc<typename Compute<T>::type>& a) {
-  constexpr int V = VecWidth<T>::value;
-  const int tid = static_cast<int>(threadIdx.x);
-  typename Raw<T>::type raw[kLoads];
-  bool in[kLoads];
-#pragma unroll
-  for (int u = 0; u < kLoads; ++u) {
-    const int64_t i = v0 + u * kThreads + tid;
-    in[u] = i < nv;
-    raw[u] = in[u] ? load_raw(x + i * V) : padding_raw<T>();
-  }
-  consume_loads<T, kState, kHist, kScaleAny>(raw, in, h, a);
-}
-
-// One whole step of the aligned loop: kLoads vector loads per thread, all inside the chunk, from
-// p (this thread's first vector of the step) on.
-template <class T, bool kState, int kHist, int kScale>
-__device__ __forceinline__ void full_step(const typename Raw<T>::type* p, HistCtx& h,
+// One step of the aligned loop: kLoads vector loads per thread from p (this thread's first
+// vector of the step) on, kThreads vectors apart. kFull: all of them lie inside the chunk (no
+// tests); otherwise the loads from `left` vectors past p on are padding.
+template <class T, bool kState, int kHist, int kScale, bool kFull>
+__device__ __forceinline__ void loop_step(const typename Raw<T>::type* p, int64_t left, HistCtx& h,
                                           Acc<typename Compute<T>::type>& a) {
   typename Raw<T>::type raw[kLoads];
   bool in[kLoads];
 #pragma unroll
   for (int u = 0; u < kLoads; ++u) {
-    raw[u] = __ldg(p + u * kThreads);
-    in[u] = true;
+    in[u] = kFull || u * kThreads < left;
+    raw[u] = in[u] ? __ldg(p + u * kThreads) : padding_raw<T>();
   }
   consume_loads<T, kState, kHist, kScale>(raw, in, h, a);
 }
@@ -875,17 +858,24 @@ __device__ __forceinline__ void accumulate_chunk(const Entry& e, int64_t start, 
       // neither test in its groups. Histogram kernels keep the tests: their loops are long
       // enough without three copies.
       for (; step < steps && a.has_shift != kShiftSet; ++step, p += kStep)
-        full_step<T, kState, kHist, kScaleAny>(p, h, a);
+        loop_step<T, kState, kHist, kScaleAny, true>(p, 0, h, a);
       if (a.scale == CT(1)) {
-        for (; step < steps; ++step, p += kStep) full_step<T, kState, kHist, kScaleOne>(p, h, a);
+        for (; step < steps; ++step, p += kStep)
+          loop_step<T, kState, kHist, kScaleOne, true>(p, 0, h, a);
       } else {
-        for (; step < steps; ++step, p += kStep) full_step<T, kState, kHist, kScaleSet>(p, h, a);
+        for (; step < steps; ++step, p += kStep)
+          loop_step<T, kState, kHist, kScaleSet, true>(p, 0, h, a);
       }
     } else {
-      for (; step < steps; ++step, p += kStep) full_step<T, kState, kHist, kScaleAny>(p, h, a);
+      for (; step < steps; ++step, p += kStep)
+        loop_step<T, kState, kHist, kScaleAny, true>(p, 0, h, a);
     }
-    const int64_t full = static_cast<int64_t>(steps) * kStep;
-    if (full < nv) partial_step<T, kState, kHist>(x, full, nv, h, a);
+    const int64_t full = static_cast<int64_t>(steps) * kStep;  // vectors of the whole steps
+    if (full < nv) {
+      // from x rather than from p: p kept alive past the loops cost two moves per step
+      const RT* q = reinterpret_cast<const RT*>(x) + full + tid;
+      loop_step<T, kState, kHist, kScaleAny, false>(q, nv - full - tid, h, a);
+    }
     if constexpr (kPacked) {
       packed_finish<T>(a);
       if (a.posinf + a.neginf != 0) {

@@ -608,20 +608,15 @@ inline unsigned __ballot_sync(unsigned mask, int pred) {
                                        });
 }
 
-// __reduce_add_sync / __reduce_min_sync / __reduce_max_sync (REDUX, sm_80): every lane of the
-// mask gets the sum (minimum, maximum) of their values.
+// __reduce_add_sync / __reduce_min_sync / __reduce_max_sync (REDUX, sm_80): every lane gets the
+// sum (minimum, maximum) of the warp's values (collective() accepts only the full mask).
 template <class T, class F>
 inline T pws_emu_reduce(unsigned mask, T v, F f) {
   return pws_emu::collective<T>(pws_emu::kReduce, mask, pws_emu::to_slot(v),
-                                [mask, f](const uint64_t* s, int) {
-                                  bool first = true;
-                                  T r{};
-                                  for (int l = 0; l < 32; ++l) {
-                                    if (!(mask >> l & 1u)) continue;
-                                    const T x = pws_emu::from_slot<T>(s[l]);
-                                    r = first ? x : f(r, x);
-                                    first = false;
-                                  }
+                                [f](const uint64_t* s, int) {
+                                  T r = pws_emu::from_slot<T>(s[0]);
+                                  for (int l = 1; l < 32; ++l)
+                                    r = f(r, pws_emu::from_slot<T>(s[l]));
                                   return r;
                                 });
 }
