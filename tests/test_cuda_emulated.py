@@ -419,7 +419,7 @@ def _same_counts(s: Summary, c: Summary) -> None:
 def test_moments_and_log_histograms_every_layout(emu: Path, tmp_path: Path, dtype) -> None:
     # Two full chunks and a partial one with a tail shorter than a vector (n % 8 = 3), in each
     # layout, with no histogram and with log histograms whose counters sit in shared memory
-    # (m = 0, 3, 5) or, for m = 10, in global memory (lanes aggregated by __match_any_sync).
+    # (m = 0, 3, 5) or, for m = 10, in a band of it in shared memory and global memory outside.
     x0 = _data(2 * CHUNK + 4099, dtype, seed=DTYPE_CODE[dtype])
     layouts = ["contiguous", "unaligned", "transposed", "expanded"]
     xs = [_layout(x0, lay) for lay in layouts]
@@ -438,7 +438,7 @@ def test_moments_and_log_histograms_every_layout(emu: Path, tmp_path: Path, dtyp
         assert_summary_matches(res.total, ref_moments(allx), f"total m={m}")
 
 
-@pytest.mark.parametrize("m", [0, 3, 10])
+@pytest.mark.parametrize("m", [0, 3, 7, 10])
 def test_log_histogram_random_bit_patterns(emu: Path, tmp_path: Path, m: int) -> None:
     # Every class of float (normals of every exponent, subnormals, +-0, +-Inf, NaN) for the
     # branch-free bucket formula of the fast and general paths, contiguous and strided.
@@ -669,15 +669,55 @@ def _fused_launches(trace: Path) -> list[dict[str, int]]:
     return out
 
 
-def test_global_and_opt_in_shared_counter_paths(emu: Path, tmp_path: Path) -> None:
-    # Which counters a launch uses, read from the emulator's launch trace: m = 3 (16 KB of
-    # counters) in shared memory; m = 5 (64 KB) in shared memory with the opt-in attribute
-    # raised above the default 48 KB; on a device with 16 KB of shared memory both in global
-    # memory (no dynamic shared memory); the results identical on every path.
-    xs = [_data(CHUNK + 4099, torch.float32, seed=3), _data(9000, torch.float16, seed=4)]
+def _band_bytes(m: int, budget: int) -> int:
+    """Shared memory of a log band (csrc/cuda/describe_cuda.cu LogBand): the header, the zero
+    bucket and, for both signs, as many whole octaves of 2^m buckets as fit in ``budget``."""
+    octaves = min((budget // 4 - 6) // (2 << m), 254)
+    return (6 + 2 * octaves * (1 << m)) * 4
+
+
+def _band_edges(m: int, budget: int) -> tuple[float, float]:
+    """The band's |x| range [2^e1, 2^e2) (LogBand: centred on 2^-6, at most 2^16, from 2^-126)."""
+    octaves = min((budget // 4 - 6) // (2 << m), 254)
+    e1 = max(min(-6 - octaves // 2, 16 - octaves), -126)
+    return 2.0**e1, 2.0 ** (e1 + octaves)
+
+
+def _values_around_bands(dtype: torch.dtype) -> torch.Tensor:
+    """Weights-like values, then both signs of every band edge of m = 3..10 and of the values
+    beside them, tiny, subnormal and huge values, zeros and the specials."""
+    edges = []
+    for m in range(3, 11):
+        for budget in (72 * 1024, 12 * 1024):
+            edges += list(_band_edges(m, budget))
+    edge = torch.tensor(edges, dtype=torch.float64).to(dtype)
+    bits = edge.view(torch.int32 if dtype == torch.float32 else torch.int16)
+    beside = torch.cat([(bits - 1).view(dtype), (bits + 1).view(dtype)])  # positive: -1 is lower
+    odd = torch.tensor([1e-30, 1e-41, 0.0, -0.0, 1e30, 3e38, float("inf"), float("-inf")])
+    odd = torch.cat([odd, torch.tensor([float("nan")] * 3)]).to(dtype)
+    some = torch.cat([edge, beside, odd])
+    some = torch.cat([some, -some])
+    base = weights_like(CHUNK + 4099, dtype, seed=3, specials=False)
+    base[:: (CHUNK + 4099) // some.numel()][: some.numel()] = some
+    return base
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_shared_band_global_and_opt_in_counter_paths(emu: Path, tmp_path: Path, dtype) -> None:
+    # Which counters the fused launches use, read from the emulator's launch trace (the merge
+    # launches there use no shared memory), and the same results
+    # on every path. On the default device (72 KB budget): m = 3 (16 KB) and m = 5 (64 KB, the
+    # opt-in attribute raised above the default 48 KB) keep their whole record in shared memory,
+    # m = 7 and m = 10 a band of it (values outside it count in global memory); on a device with
+    # 16 KB of shared memory (12 KB budget) m = 3 and m = 5 take a band too; on one with 4 KB
+    # nothing fits and every counter is global (lanes aggregated by __match_any_sync). The data
+    # put values on both sides of every band edge.
+    xs = [_values_around_bands(dtype), _data(9000, torch.float16, seed=4)]
+    ms = (3, 5, 7, 10)
+    paths = {"default": None, "small": 16 * 1024, "none": 4096}
     by_path = {}
-    for label, optin in (("default", None), ("small", 16 * 1024)):
-        for m in (3, 5):
+    for label, optin in paths.items():
+        for m in ms:
             trace = tmp_path / f"{label}-{m}.trace"
             env = {"PWS_EMU_TRACE": str(trace)}
             if optin is not None:
@@ -685,20 +725,24 @@ def test_global_and_opt_in_shared_counter_paths(emu: Path, tmp_path: Path) -> No
             (res,) = run(emu, [Describe(xs, HIST_LOG, m=m)], tmp_path, env=env)
             by_path[label, m] = res
             launches = _fused_launches(trace)
-            smem = [ln["smem"] for ln in launches]
-            need = (5 + ref_log_num_buckets(m)) * 4
-            if optin is None:
-                assert need in smem, (m, smem)  # the fused launches took the shared path
+            smem = {ln["smem"] for ln in launches}
+            whole = (5 + ref_log_num_buckets(m)) * 4
+            if label == "default":
+                need = whole if whole <= 72 * 1024 else _band_bytes(m, 72 * 1024)
+                assert need <= 72 * 1024 and need in smem <= {0, need}, (m, smem)
                 if need > 48 * 1024:
                     assert all(ln["attr"] >= need for ln in launches if ln["smem"]), launches
+            elif label == "small":
+                need = _band_bytes(m, 12 * 1024)
+                assert whole > 12 * 1024 and need in smem <= {0, need}, (m, smem)
             else:
-                assert set(smem) == {0}, (m, smem)  # nothing fits: global counters
-    for m in (3, 5):
-        pairs = zip(xs, by_path["default", m].summaries, by_path["small", m].summaries, strict=True)
-        for x, a, b in pairs:
-            assert_log_hist_matches_reference(a.hist, x, m)
-            assert a.hist == b.hist
-            _same_counts(a, b)
+                assert smem == {0}, (m, smem)  # nothing fits: global counters
+    for m in ms:
+        for i, x in enumerate(xs):
+            hists = [by_path[label, m].summaries[i].hist for label in paths]
+            assert_log_hist_matches_reference(hists[0], x, m)
+            assert hists[1:] == hists[:-1], (m, i)
+            _same_counts(by_path["default", m].summaries[i], by_path["none", m].summaries[i])
 
 
 @pytest.mark.parametrize("schedule", ["warp", "warp-reverse", "thread"])

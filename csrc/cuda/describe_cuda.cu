@@ -64,7 +64,7 @@ struct EntryTable {
 struct Params {
   MomentState* states;       // (P + 1)
   MomentState* scratch;      // one per chunk, then one per merge group
-  unsigned int* tickets;     // arrivals of merge groups, one per tensor (zeroed)
+  unsigned int* tickets;     // arrivals of merge groups, one per tensor (zeroed by fused_kernel)
   unsigned long long* hist;  // (P + 1) records
   double* edges;             // uniform edges
   int64_t tensors;
@@ -74,8 +74,11 @@ struct Params {
   int64_t edge_stride;  // 0: one shared edges array; else bins + 1
   int32_t hist_kind;
   int32_t edge_mode;
-  int32_t shared_hist;  // 1: counters privatised in shared memory; 0: in global memory
-  LogCoder lc;          // log: record slots (kHistHeader + bucket; 0, 1, 2 for -inf, +inf, NaN)
+  int32_t shared_hist;   // 1: counters privatised in shared memory; 0: in global memory
+  int32_t shared_slots;  // counters in shared memory: record, or the log band's (below)
+  int32_t band_a;        // log band (band_b > 0): see LogBand
+  int32_t band_b;
+  LogCoder lc;  // log: record slots (kHistHeader + bucket; 0, 1, 2 for -inf, +inf, NaN)
 };
 
 static_assert(sizeof(EntryTable) + sizeof(Params) <= 32000,
@@ -355,8 +358,28 @@ struct HistCtx {
   unsigned long long* g;
   UniformLayout ul;
   LogCoder lc;
-  int32_t lo, hi;  // touched finite buckets (log)
+  int32_t lo, hi;          // touched finite buckets (log)
+  int32_t band_a, band_b;  // log band in shared memory (band_b > 0; see LogBand), else 0, 0
 };
+
+// Shared counter of the log record slot `slot` (a finite value's, >= kHistHeader) when the
+// shared counters hold a band (LogBand): kHistHeader for the zero bucket, kHistHeader + 1 + j for
+// bucket C - (a + j) and kHistHeader + 1 + b + j for bucket C + a + j (0 <= j < b); -1 outside.
+__device__ __forceinline__ int32_t band_counter(int32_t slot, const HistCtx& h) {
+  const int32_t r = slot - h.lc.base;  // signed distance from the zero bucket
+  const int32_t off = r < 0 ? -r : r;
+  if (off == 0) return kHistHeader;
+  const uint32_t j = static_cast<uint32_t>(off - h.band_a);
+  if (j >= static_cast<uint32_t>(h.band_b)) return -1;
+  return kHistHeader + 1 + static_cast<int32_t>(j) + (r > 0 ? h.band_b : 0);
+}
+
+// Inverse of band_counter: the record slot counted by shared counter i (kHistHeader <= i).
+__device__ __forceinline__ int32_t band_slot(int32_t i, const HistCtx& h) {
+  if (i == kHistHeader) return h.lc.base;
+  const int32_t j = i - kHistHeader - 1;
+  return j < h.band_b ? h.lc.base - (h.band_a + j) : h.lc.base + h.band_a + (j - h.band_b);
+}
 
 __device__ __forceinline__ uint32_t f32_bits(float v) { return __float_as_uint(v); }
 __device__ __forceinline__ uint32_t f32_bits(double v) {
@@ -390,7 +413,16 @@ template <int kHist, bool kWindow, class CT>
 __device__ __forceinline__ void hist_add(HistCtx& h, CT v, bool ok) {
   const long long slot = ok ? hist_slot<kHist, kWindow>(h, v) : -1;
   if (h.sh != nullptr) {
-    if (slot >= 0) atomicAdd(&h.sh[static_cast<int32_t>(slot)], 1u);
+    if (slot < 0) return;
+    int32_t c = static_cast<int32_t>(slot);
+    if constexpr (kHist == kHistLog) {
+      if (h.band_b > 0 && c >= kHistHeader) c = band_counter(c, h);
+    }
+    if (c >= 0) {
+      atomicAdd(&h.sh[c], 1u);
+    } else {  // a log bucket outside the shared band (rare by the band's choice)
+      atomicAdd(&h.g[slot], 1ull);
+    }
   } else {
     const unsigned peers = __match_any_sync(kFullMask, slot);
     const int leader = __ffs(peers) - 1;
@@ -681,7 +713,8 @@ __device__ __forceinline__ void consume(Acc<CT>& a, HistCtx& h, const CT (&v)[N]
   if constexpr (kHist != kHistNone) {
     constexpr bool kWindow = kHist == kHistLog && !kWindowFromExtremes<kState, CT>;
     if constexpr (kHist == kHistLog && !kWindow) {
-      if (fast && h.sh != nullptr) {  // the common case: a short formula and one atomic per value
+      // the common case: a short formula and one atomic per value
+      if (fast && h.sh != nullptr && h.band_b == 0) {
 #pragma unroll
         for (int j = 0; j < N; ++j) atomicAdd(&h.sh[log_code_finite(f32_bits(v[j]), h.lc)], 1u);
         return;
@@ -1158,6 +1191,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
   const int64_t start = (b - tab.chunk_begin[t]) * kChunk;
   const int64_t len = min(kChunk, e.numel - start);
   const int64_t gt = tab.index[t];
+  if constexpr (kState) {
+    // The merge kernel's arrival ticket of a tensor merged in groups, zeroed here instead of by a
+    // memset before the launch (one node less per pass): the merge kernel reads it only after
+    // this grid has completed and its writes are visible (griddepcontrol.wait, or stream order).
+    if (tid == 0 && b == tab.chunk_begin[t] && tab.group_begin[t + 1] > tab.group_begin[t]) {
+      p.tickets[gt] = 0u;
+    }
+  }
 
   HistCtx h;
   h.sh = nullptr;
@@ -1165,12 +1206,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
   h.lc = p.lc;
   h.lo = INT_MAX;
   h.hi = -1;
+  h.band_a = p.band_a;
+  h.band_b = p.band_b;
   h.ul = UniformLayout{0, 0.0, 0.0, 0.0, nullptr};
   if constexpr (kHist != kHistNone) {
     h.g = p.hist + gt * p.record;
     if (p.shared_hist) {
       unsigned int* counters = reinterpret_cast<unsigned int*>(dyn_smem);
-      for (int64_t i = tid; i < p.record; i += kThreads) counters[i] = 0u;
+      for (int32_t i = tid; i < p.shared_slots; i += kThreads) counters[i] = 0u;
       h.sh = counters;
       if (tid == 0) {
         block_window[0] = INT_MAX;
@@ -1248,6 +1291,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
         }
         first = kHistHeader + static_cast<int64_t>(block_window[0]);
         stop = kHistHeader + static_cast<int64_t>(block_window[1]) + 1;  // empty if no window
+        if (h.band_b > 0) {  // the band's counters (zeroed whole at the start: read them all)
+          for (int32_t i = kHistHeader + tid; i < p.shared_slots; i += kThreads) {
+            const unsigned int c = counters[i];
+            if (c != 0u) atomicAdd(&h.g[band_slot(i, h)], static_cast<unsigned long long>(c));
+          }
+          stop = first;
+        }
       }
       for (int64_t i = first + tid; i < stop; i += kThreads) {
         const unsigned int c = counters[i];
@@ -1309,8 +1359,8 @@ int device_for_cache() {
   return device < kCachedDevices ? device : -1;
 }
 
-// Shared memory of the privatised counters (and the uniform edges); 0 without a histogram.
-size_t shared_hist_bytes(const Request& req) {
+// Shared memory of a block's whole histogram record (and the uniform edges); 0 without one.
+size_t full_hist_bytes(const Request& req) {
   if (req.hist_kind == kHistUniform) {
     return round_up(static_cast<size_t>(kHistHeader + req.bins) * sizeof(unsigned int), 16) +
            static_cast<size_t>(req.bins + 1) * sizeof(double);
@@ -1348,7 +1398,44 @@ size_t shared_limit() {
 // Most dynamic shared memory a fused-kernel launch uses on the current device.
 size_t shared_hist_max() { return std::min(kSharedHistBudget, shared_limit()); }
 
-// Whether a block's histogram counters fit in shared memory on the current device.
+// A log histogram whose whole record does not fit in shared memory (m >= 6 at 72 KB) keeps a
+// band of it there: the zero bucket and, for both signs, the buckets of |x| in [2^e1, 2^e2), as
+// many whole octaves as fit (m = 7: 71 octaves, [2^-55, 2^16); m = 8: 35, [2^-23, 2^12); m = 10:
+// 8, [2^-10, 2^-2)). Values outside the band, rare for weights, activations and gradients, count
+// in global memory. The band is centred on 2^-6, ends at 2^16 at the highest and starts at 2^-126
+// at the lowest. In buckets: C - a - j and C + a + j for 0 <= j < b (see band_counter).
+struct LogBand {
+  int32_t a = 0;
+  int32_t b = 0;  // 0: no band
+};
+
+LogBand log_band(int m, size_t budget) {
+  LogBand band;
+  const int64_t per_octave = int64_t(1) << m;
+  const int64_t slots = static_cast<int64_t>(budget / sizeof(unsigned int)) - kHistHeader - 1;
+  const int64_t octaves = std::min<int64_t>(slots / (2 * per_octave), 254);
+  if (octaves < 1) return band;
+  const int64_t e1 = std::max<int64_t>(std::min<int64_t>(-6 - octaves / 2, 16 - octaves), -126);
+  band.a = static_cast<int32_t>(1 + (e1 + 126) * per_octave);  // 1 + k of 2^e1 (log_bucket)
+  band.b = static_cast<int32_t>(octaves * per_octave);
+  return band;
+}
+
+// The band of a request on the current device: none when the whole record fits.
+LogBand request_band(const Request& req) {
+  if (req.hist_kind != kHistLog || full_hist_bytes(req) <= shared_hist_max()) return LogBand{};
+  return log_band(req.mantissa_bits, shared_hist_max());
+}
+
+// Shared memory of a block's privatised counters (and the uniform edges); 0 without a histogram.
+size_t shared_hist_bytes(const Request& req) {
+  const LogBand band = request_band(req);
+  if (band.b > 0) return static_cast<size_t>(kHistHeader + 1 + 2 * band.b) * sizeof(unsigned int);
+  return full_hist_bytes(req);
+}
+
+// Whether a block's histogram counters (or a log band of them) fit in shared memory on the
+// current device.
 bool shared_hist(const Request& req) {
   const size_t need = shared_hist_bytes(req);
   return need > 0 && need <= shared_hist_max();
@@ -1372,6 +1459,10 @@ Params make_params(const Request& req, const Layout& L, void* result, void* scra
   p.hist_kind = req.hist_kind;
   p.edge_mode = req.edge_mode;
   p.shared_hist = shared_hist(req) ? 1 : 0;
+  const LogBand band = request_band(req);
+  p.band_a = band.a;
+  p.band_b = band.b;
+  p.shared_slots = static_cast<int32_t>(band.b > 0 ? kHistHeader + 1 + 2 * band.b : L.record);
   p.lc = make_log_coder(req.mantissa_bits, kHistHeader, 0, 1, 2);
   return p;
 }
@@ -1542,9 +1633,6 @@ void launch_describe(const std::vector<Entry>& entries, const Request& req, cons
   (void)cudaGetLastError();  // clear an error left by an earlier failed call
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const Params p = make_params(req, L, result, scratch);
-  if (L.groups > 0) {  // arrival tickets: only tensors merged in groups take them
-    PWS_CUDA_CHECK(cudaMemsetAsync(p.tickets, 0, L.scratch_bytes - L.off_tickets, s));
-  }
   if (L.record > 0) {
     PWS_CUDA_CHECK(cudaMemsetAsync(
         p.hist, 0, static_cast<size_t>(L.tensors + 1) * static_cast<size_t>(L.record) * 8, s));
