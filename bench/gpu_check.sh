@@ -10,7 +10,8 @@
 #   1. nvidia-smi                      -> $OUT/nvidia-smi.txt
 #   2. build + install for sm_90       -> $OUT/build.log   (pip --no-build-isolation, timed)
 #   3. pytest -m cuda tests/test_cuda.py, then a CPU sanity subset
-#   4. bench/bench_stats.py --device cuda -> $OUT/bench_results/ (JSON + Markdown)
+#   4. bench/bench_stats.py --device cuda -> $OUT/bench_results/ (JSON + Markdown), then
+#      bench/bench_chunks.py (the work-split sweep, about a minute; PWS_CHUNK_ARGS) beside it
 #   5. pyweightstat-run on the smoke preset with --device cuda (MNIST from .carry/data)
 #   6. $OUT/gpu_check.json: step statuses and times, GPU, driver, torch and CUDA versions
 # Everything together is meant to take well under 8 minutes on an H100.
@@ -86,6 +87,11 @@ if step_ok build; then
     # shellcheck disable=SC2086 # PWS_BENCH_ARGS is a list of arguments
     run_step bench 240 "$PY" bench/bench_stats.py --device cuda --out "$OUT/bench_results" \
       ${PWS_BENCH_ARGS:-}
+  fi
+  # 4b. work-split sweep of the moments pass (chunk length x merge group; JSON + Markdown)
+  if [ -f bench/bench_chunks.py ]; then
+    # shellcheck disable=SC2086 # PWS_CHUNK_ARGS is a list of arguments
+    run_step chunks 180 "$PY" bench/bench_chunks.py --out "$OUT/bench_results" ${PWS_CHUNK_ARGS:-}
   fi
   # 5. the study's main command on the GPU (smoke preset, MNIST carried in .carry/data)
   if [ -d .carry/data/mnist ]; then

@@ -661,11 +661,13 @@ def test_describe_many_matches_cpu_per_tensor_and_total(emu: Path, tmp_path: Pat
 
 
 def _fused_launches(trace: Path) -> list[dict[str, int]]:
-    """Every launch of a PWS_EMU_TRACE file: its dynamic shared memory and kernel attribute."""
+    """Every launch of a PWS_EMU_TRACE file: its dynamic shared memory, kernel attribute and
+    grid.x."""
     out = []
     for line in trace.read_text().splitlines():
         f = dict(kv.split("=") for kv in line.split()[1:])
-        out.append({"smem": int(f["smem"]), "attr": int(f["attr"])})
+        grid = int(f["grid"].split(",")[0])
+        out.append({"smem": int(f["smem"]), "attr": int(f["attr"]), "grid": grid})
     return out
 
 
@@ -766,6 +768,43 @@ def test_results_do_not_depend_on_the_thread_order(
             _same_counts(sa, pws.describe(x))
             assert sa.hist == pws.log_histogram(x, mantissa_bits=m)
         assert a.total.hist == pws.describe_many(xs, mantissa_bits=m, total=True)[1].hist
+
+
+def test_work_split_from_the_environment(emu: Path, tmp_path: Path) -> None:
+    # bench/bench_chunks.py sweeps the work split through PWS_CUDA_CHUNK and PWS_CUDA_MERGE_GROUP:
+    # 4,096-value chunks merged in groups of 3 (two levels from 4 chunks on) and 2^20-value
+    # chunks merged in pairs, read from the launch trace (the fused launches' grids are the chunk
+    # counts); the same exact counts and histograms, moments within the bounds. Invalid values
+    # are refused by name.
+    xs = [
+        _data(13 * 4096 + 7, torch.float32, seed=11),
+        _data(5 * 4096, torch.bfloat16, seed=12),
+        _data(100, torch.float16, seed=13),
+    ]
+    allx = torch.cat([x.double() for x in xs])
+    for chunk, group in ((4096, 3), (1 << 20, 2)):
+        trace = tmp_path / f"split-{chunk}.trace"
+        env = {"PWS_CUDA_CHUNK": str(chunk), "PWS_CUDA_MERGE_GROUP": str(group)}
+        (res,) = run(
+            emu,
+            [Describe(xs, HIST_LOG, m=3, total=2)],
+            tmp_path,
+            env={**env, "PWS_EMU_TRACE": str(trace)},
+        )
+        assert isinstance(res, DescribeResult), res
+        grids = [ln["grid"] for ln in _fused_launches(trace) if ln["smem"] > 0]
+        assert sorted(grids) == sorted(-(-x.numel() // chunk) for x in xs), (chunk, grids)
+        for x, s in zip(xs, res.summaries, strict=True):
+            assert_summary_matches(s, ref_moments(x), f"chunk {chunk}")
+            _same_counts(s, pws.describe(x))
+            assert_log_hist_matches_reference(s.hist, x, 3)
+        assert_summary_matches(res.total, ref_moments(allx), f"total, chunk {chunk}")
+        assert res.total.hist == pws.describe_many(xs, mantissa_bits=3, total=True)[1].hist
+    bad = {"PWS_CUDA_CHUNK": ["5000", "1024", "2097152", "4k"], "PWS_CUDA_MERGE_GROUP": ["1", "x"]}
+    for name, values in bad.items():
+        for v in values:
+            (msg,) = run(emu, [Describe(xs[2:])], tmp_path, env={name: v})
+            assert isinstance(msg, str) and f"{name}={v} is not" in msg, (name, v, msg)
 
 
 def test_layout_that_cannot_be_merged_is_refused(emu: Path, tmp_path: Path) -> None:

@@ -1,22 +1,24 @@
 // CUDA fused pass: moments, extremes, norms, special-value counts and an optional uniform or
 // universal log histogram, over many tensors per launch, on the caller's stream.
 //
-// Work items are (tensor, chunk of kChunk values); block b finds its tensor by binary search in
-// the launch's table (a __grid_constant__ parameter, so no host-to-device copy per call). Each
-// thread accumulates shifted power sums of its values (shift = its first finite value; short runs
-// summed in the input precision, then added into float64, as the CPU kernels do), converts them to
-// a MomentState and merges it across the warp (shuffles) and the block (shared memory) with the
-// Pebay formulas of pws/moment_state.h. One state per chunk goes to a scratch array; a second
-// kernel, launched as a programmatic dependent of the first, merges each tensor's chunk states in
-// a fixed tree order. Every reduction has a fixed shape and histogram counts use integer atomics
-// only, so results are bit-identical run to run.
+// Work items are (tensor, chunk of kChunk values, or of work_split().chunk); block b finds its
+// tensor by binary search in the launch's table (a __grid_constant__ parameter, so no
+// host-to-device copy per call). Each thread accumulates shifted power sums of its values (shift =
+// its first finite value; short runs summed in the input precision, then added into float64, as the
+// CPU kernels do), converts them to a MomentState and merges it across the warp (shuffles) and the
+// block (shared memory) with the Pebay formulas of pws/moment_state.h. One state per chunk goes to
+// a scratch array; a second kernel, launched as a programmatic dependent of the first, merges each
+// tensor's chunk states in a fixed tree order. Every reduction has a fixed shape and histogram
+// counts use integer atomics only, so results are bit-identical run to run.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <climits>
 #include <cstdint>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -52,6 +54,8 @@ enum KernelKind : int32_t { kKindF32 = 0, kKindF16 = 1, kKindBF16 = 2, kKindGene
 struct EntryTable {
   int32_t count;
   int32_t kind;                        // KernelKind of every entry
+  int64_t chunk;                       // values per work item (work_split())
+  int64_t merge_group;                 // chunk states per merge block (work_split())
   int64_t chunk_base;                  // scratch index of this launch's first chunk
   int64_t chunk_begin[kMaxBatch + 1];  // prefix sums of chunks, relative to chunk_base
   int64_t group_base;                  // scratch index of this launch's first merge group
@@ -226,8 +230,9 @@ __device__ __forceinline__ uint32_t zero_mask2(uint32_t w) {
 
 // Count of zero halves from a sum of zero masks: the sum is 0xffff * (L + 65536 H) mod 2^32 for L
 // zeros in low halves and H in high ones, and 0xfffeffff is the inverse of 0xffff mod 2^32
-// (exact while L < 65536 and H < 65536: a thread sees at most kChunk / kThreads values per chunk).
-static_assert(kChunk / kThreads < 65536, "zero masks of a chunk must not wrap");
+// (exact while L < 65536 and H < 65536: a thread sees at most kMaxChunk / kThreads values per
+// chunk).
+static_assert(kMaxChunk / kThreads < 65536, "zero masks of a chunk must not wrap");
 __device__ __forceinline__ int32_t zero_count_from_masks(uint32_t sum) {
   const uint32_t x = sum * 0xfffeffffu;
   return static_cast<int32_t>((x & 0xffffu) + (x >> 16));
@@ -413,16 +418,20 @@ template <int kHist, bool kWindow, class CT>
 __device__ __forceinline__ void hist_add(HistCtx& h, CT v, bool ok) {
   const long long slot = ok ? hist_slot<kHist, kWindow>(h, v) : -1;
   if (h.sh != nullptr) {
-    if (slot < 0) return;
-    int32_t c = static_cast<int32_t>(slot);
     if constexpr (kHist == kHistLog) {
-      if (h.band_b > 0 && c >= kHistHeader) c = band_counter(c, h);
+      if (h.band_b > 0) {  // block-uniform
+        if (slot < 0) return;
+        const int32_t c = slot >= kHistHeader ? band_counter(static_cast<int32_t>(slot), h)
+                                              : static_cast<int32_t>(slot);
+        if (c >= 0) {
+          atomicAdd(&h.sh[c], 1u);
+        } else {  // a bucket outside the band (rare by the band's choice)
+          atomicAdd(&h.g[slot], 1ull);
+        }
+        return;
+      }
     }
-    if (c >= 0) {
-      atomicAdd(&h.sh[c], 1u);
-    } else {  // a log bucket outside the shared band (rare by the band's choice)
-      atomicAdd(&h.g[slot], 1ull);
-    }
+    if (slot >= 0) atomicAdd(&h.sh[static_cast<int32_t>(slot)], 1u);
   } else {
     const unsigned peers = __match_any_sync(kFullMask, slot);
     const int leader = __ffs(peers) - 1;
@@ -879,7 +888,7 @@ __device__ __forceinline__ void accumulate_chunk(const Entry& e, int64_t start, 
     constexpr bool kPacked = kState && sizeof(T) == 2;
     if constexpr (kPacked) packed_init<T>(a);
     // whole steps (every load of every thread in the chunk: no tests; a pointer and a 32-bit
-    // count, since a chunk has at most kChunk values), then the rest
+    // count, since a chunk has at most kMaxChunk values), then the rest
     constexpr int kStep = kLoads * kThreads;
     using RT = typename Raw<T>::type;
     const int steps = static_cast<int>(nv / kStep);
@@ -1015,10 +1024,10 @@ __device__ __forceinline__ void run_chunk(const Entry& e, int64_t start, int64_t
 // The chunk states of a tensor are merged by merge_kernel, launched right after the fused kernel
 // with programmatic dependent launch where the GPU has it (sm_90: its blocks are resident before
 // the fused kernel ends and start as soon as its memory is visible, so the second launch costs no
-// launch gap). One block per merge unit: a tensor of at most kMergeGroup chunks is one unit; a
-// larger one has a unit per group of kMergeGroup chunks, and the last of its group blocks to
-// finish (an arrival ticket per tensor) merges the group states. The merge order is fixed (it does
-// not depend on which block arrives last), so results stay bit-identical run to run.
+// launch gap). One block per merge unit: a tensor of at most kMergeGroup (work_split()) chunks is
+// one unit; a larger one has a unit per group of kMergeGroup chunks, and the last of its group
+// blocks to finish (an arrival ticket per tensor) merges the group states. The merge order is fixed
+// (it does not depend on which block arrives last), so results stay bit-identical run to run.
 //
 // The fused kernel's blocks only store their chunk state and exit. Merging there instead, by the
 // last block to finish a tensor's chunks, made every block wait for its state to reach L2 and for
@@ -1157,10 +1166,10 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
   const int64_t k = u - tab.unit_begin[t];  // group of this tensor
-  const int64_t first = k * kMergeGroup;
+  const int64_t first = k * tab.merge_group;
   const int64_t gi = tab.group_begin[t] + k;
   const MomentState g =
-      block_merge_states(chunks + first, min(kMergeGroup, nch - first), warp_states);
+      block_merge_states(chunks + first, min(tab.merge_group, nch - first), warp_states);
   if (threadIdx.x == 0) p.scratch[tab.group_base + gi] = g;
   if (!last_arrival(p.tickets + gt, ngroups, &last_flag)) return;
   finish_tensor(
@@ -1188,8 +1197,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
   const int64_t b = blockIdx.x;
   const int t = entry_of(tab.chunk_begin, tab.count, b);
   const Entry& e = tab.entries[t];
-  const int64_t start = (b - tab.chunk_begin[t]) * kChunk;
-  const int64_t len = min(kChunk, e.numel - start);
+  const int64_t start = (b - tab.chunk_begin[t]) * tab.chunk;
+  const int64_t len = min(tab.chunk, e.numel - start);
   const int64_t gt = tab.index[t];
   if constexpr (kState) {
     // The merge kernel's arrival ticket of a tensor merged in groups, zeroed here instead of by a
@@ -1550,19 +1559,38 @@ int32_t kernel_kind(const Entry& e) {
 // Launch tables: entries grouped by kernel kind (in kind order, then input order), at most
 // kMaxBatch per table. Deterministic in the inputs' dtypes, sizes and layouts only.
 // Work items of a tensor: an empty one has one too, whose block stores its (identity) state.
-int64_t chunks_of(int64_t numel) { return numel > 0 ? (numel + kChunk - 1) / kChunk : 1; }
+int64_t chunks_of(int64_t numel, const WorkSplit& w) {
+  return numel > 0 ? (numel + w.chunk - 1) / w.chunk : 1;
+}
 
 // Merge groups of a tensor: none when its chunk states fit one block.
-int64_t groups_of(int64_t numel) {
-  const int64_t c = chunks_of(numel);
-  return c > kMergeGroup ? (c + kMergeGroup - 1) / kMergeGroup : 0;
+int64_t groups_of(int64_t numel, const WorkSplit& w) {
+  const int64_t c = chunks_of(numel, w);
+  return c > w.merge_group ? (c + w.merge_group - 1) / w.merge_group : 0;
+}
+
+// A work-split environment variable: `fallback` when unset, else an integer in [lo, hi] (and a
+// power of two where asked).
+int64_t split_from_env(const char* name, int64_t fallback, int64_t lo, int64_t hi, bool pow2) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  char* end = nullptr;
+  errno = 0;
+  const long long x = std::strtoll(v, &end, 10);
+  if (errno != 0 || *end != '\0' || x < lo || x > hi || (pow2 && (x & (x - 1)) != 0)) {
+    throw std::invalid_argument(std::string("pyweightstat: ") + name + "=" + v + " is not " +
+                                (pow2 ? "a power of two " : "an integer ") + "in [" +
+                                std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  }
+  return static_cast<int64_t>(x);
 }
 
 std::vector<EntryTable> make_tables(const std::vector<Entry>& entries) {
+  const WorkSplit w = work_split();
   std::vector<EntryTable> tables;
   int64_t chunk_base = 0;
   int64_t total_chunks = 0;  // group states follow the chunk states of every table
-  for (const Entry& e : entries) total_chunks += chunks_of(e.numel);
+  for (const Entry& e : entries) total_chunks += chunks_of(e.numel, w);
   int64_t group_base = total_chunks;
   for (int32_t kind = 0; kind <= kKindGeneric; ++kind) {
     std::vector<int32_t> members;
@@ -1574,6 +1602,8 @@ std::vector<EntryTable> make_tables(const std::vector<Entry>& entries) {
       EntryTable tab{};
       tab.count = static_cast<int32_t>(n);
       tab.kind = kind;
+      tab.chunk = w.chunk;
+      tab.merge_group = w.merge_group;
       tab.chunk_base = chunk_base;
       tab.group_base = group_base;
       int64_t c = 0, gr = 0, un = 0;
@@ -1584,8 +1614,8 @@ std::vector<EntryTable> make_tables(const std::vector<Entry>& entries) {
         tab.chunk_begin[i] = c;
         tab.group_begin[i] = static_cast<int32_t>(gr);
         tab.unit_begin[i] = static_cast<int32_t>(un);
-        const int64_t groups = groups_of(entries[static_cast<size_t>(g)].numel);
-        c += chunks_of(entries[static_cast<size_t>(g)].numel);
+        const int64_t groups = groups_of(entries[static_cast<size_t>(g)].numel, w);
+        c += chunks_of(entries[static_cast<size_t>(g)].numel, w);
         gr += groups;
         un += std::max<int64_t>(groups, 1);
       }
@@ -1604,6 +1634,13 @@ std::vector<EntryTable> make_tables(const std::vector<Entry>& entries) {
 }  // namespace
 
 // ---------------------------------------------------------------- public launchers
+WorkSplit work_split() {
+  static const WorkSplit split{
+      split_from_env("PWS_CUDA_CHUNK", kChunk, kMinChunk, kMaxChunk, true),
+      split_from_env("PWS_CUDA_MERGE_GROUP", kMergeGroup, 2, kMaxMergeGroup, false)};
+  return split;
+}
+
 Layout make_layout(const std::vector<int64_t>& numels, const Request& req) {
   Layout L;
   L.tensors = static_cast<int64_t>(numels.size());
@@ -1611,9 +1648,10 @@ Layout make_layout(const std::vector<int64_t>& numels, const Request& req) {
   if (req.hist_kind == kHistLog) L.nb = log_num_buckets(req.mantissa_bits);
   L.record = req.hist_kind == kHistNone ? 0 : kHistHeader + L.nb;
   if (req.hist_kind == kHistUniform) L.edge_arrays = req.edge_mode == kEdgesRange ? 1 : L.tensors;
+  const WorkSplit w = work_split();
   for (int64_t n : numels) {
-    L.chunks += chunks_of(n);
-    L.groups += groups_of(n);
+    L.chunks += chunks_of(n, w);
+    L.groups += groups_of(n, w);
   }
   const size_t p1 = static_cast<size_t>(L.tensors + 1);
   L.off_states = 0;

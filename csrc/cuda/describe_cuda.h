@@ -24,7 +24,10 @@ namespace pws::cuda {
 
 // Values per work item (one thread block): 256 threads x 256 values. Fixed, so results do not
 // depend on the GPU; multiple of every vector width, so chunk starts keep 16-byte alignment.
+// (work_split() below can override it for a sweep, within [kMinChunk, kMaxChunk].)
 constexpr int64_t kChunk = int64_t(1) << 16;
+constexpr int64_t kMinChunk = int64_t(1) << 12;
+constexpr int64_t kMaxChunk = int64_t(1) << 20;
 constexpr int kThreads = 256;
 // Chunk states merged by one block of the merge kernel: a tensor with more chunks first has its
 // chunk states merged in groups of this many (a block each), then the groups' results (by the
@@ -35,6 +38,19 @@ constexpr int kThreads = 256;
 #define PWS_MERGE_GROUP 256
 #endif
 constexpr int64_t kMergeGroup = PWS_MERGE_GROUP;
+constexpr int64_t kMaxMergeGroup = int64_t(1) << 16;
+
+// The work split of this process: kChunk and kMergeGroup, unless the environment variables
+// PWS_CUDA_CHUNK (a power of two in [kMinChunk, kMaxChunk]) and PWS_CUDA_MERGE_GROUP (2 to
+// kMaxMergeGroup) say otherwise. Read once, at the first CUDA call; an invalid value makes every
+// CUDA call throw std::invalid_argument. For bench/bench_chunks.py, which measures how the split
+// shapes a pass's fixed cost: another split changes the summation order, so results differ from
+// the default split's in their last bits (never in counts or histograms).
+struct WorkSplit {
+  int64_t chunk;
+  int64_t merge_group;
+};
+WorkSplit work_split();
 // Dimensions of a strided input after merging contiguous ones (more: the caller copies it).
 constexpr int kMaxCudaDims = 6;
 // Tensors per launch: the table travels as a __grid_constant__ kernel parameter (< 32 KB).
