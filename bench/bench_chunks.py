@@ -1,22 +1,27 @@
-"""Work-split sweep of the CUDA moments pass: chunk length and merge group size.
+"""Work-split sweep of the CUDA moments pass: chunk length, merge group and merge place.
 
 At 10^8 values a pass has about 30 us of fixed cost (about 14 us inside the fused kernel, 15-17 us
 after it), which decides whether the 10^8 rows meet the bandwidth target. The work split that
-shapes it is fixed in a build (65,536-value chunks, chunk states merged in groups of 256), but the
-CUDA launcher reads two environment variables once per process, for this sweep:
+shapes it is fixed in a build (65,536-value chunks, chunk states merged in groups of 256 by a
+merge kernel), but the CUDA launcher reads these environment variables once per process:
 
 * ``PWS_CUDA_CHUNK``: values per work item (one block of the fused kernel), a power of two from
-  2^12 to 2^20;
+  2^12 to 2^23;
+* ``PWS_CUDA_BLOCKS``: instead, about that many work items per tensor (here: one or two waves of
+  the fused kernel's resident blocks, 4 per SM);
 * ``PWS_CUDA_MERGE_GROUP``: chunk states merged by one block of the merge kernel (a tensor with
-  more chunks is merged in two levels), 2 to 2^16.
+  more chunks is merged in two levels), 2 to 2^16;
+* ``PWS_CUDA_MERGE``: ``kernel`` (a merge kernel after the fused one, the default) or ``inline``
+  (the fused kernel's last block to finish a tensor merges its chunk states).
 
-Each setting runs in a child process (this script with ``--child``), which times, for each dtype
-and size, the device copy, ``pws.describe`` (events after a sleep kernel, so device time only) and
-the fused kernel's device time (torch.profiler), and checks the result against a float64
-reference. The parent writes ``bench_chunks_<date>.{json,md}`` to ``--out``::
+Each setting (``split/group/merge``, e.g. ``w1/4096/inline``) runs in a child process (this
+script with ``--child``), which times, for each dtype and size, the device copy, ``pws.describe``
+(events after a sleep kernel, so device time only) and the fused kernel's device time
+(torch.profiler), and checks the result against a float64 reference. The parent writes
+``bench_chunks_<date>.{json,md}`` to ``--out``::
 
-    python bench/bench_chunks.py --out bench/results --sizes 1e8 --chunks 15,16,17,18 \\
-        --groups 256,4096
+    python bench/bench_chunks.py --out bench/results --sizes 1e8,1e9 \\
+        --settings c16/256/kernel,w1/4096/kernel,w1/4096/inline
 """
 
 from __future__ import annotations
@@ -46,6 +51,30 @@ from bench_stats import (
 import pyweightstat as pws
 
 DEFAULT_CHUNK_LOG2, DEFAULT_GROUP = 16, 256  # the build's work split (csrc/cuda/describe_cuda.h)
+BLOCKS_PER_SM = 4  # resident blocks of the moments kernels (kMinBlocks in describe_cuda.cu)
+# split/group/merge: the default first; chunk lengths; a one-level merge; one and two waves of
+# blocks, with the merge kernel or inside the fused kernel
+DEFAULT_SETTINGS = (
+    "c16/256/kernel",
+    "c15/256/kernel",
+    "c17/256/kernel",
+    "c18/256/kernel",
+    "c16/4096/kernel",
+    "w1/4096/kernel",
+    "w1/4096/inline",
+    "w2/4096/kernel",
+    "w2/4096/inline",
+)
+
+
+def split_env(split: str, sms: int) -> dict[str, str]:
+    """The environment of a split: ``cK`` chunks of 2^K values, ``wK`` K waves of blocks."""
+    kind, k = split[0], int(split[1:])
+    if kind == "c":
+        return {"PWS_CUDA_CHUNK": str(1 << k)}
+    if kind == "w":
+        return {"PWS_CUDA_BLOCKS": str(k * sms * BLOCKS_PER_SM)}
+    raise ValueError(f"unknown split {split!r} (cK: chunks of 2^K values; wK: K waves)")
 
 
 def child(sizes: list[int], dtypes: list[str], repeat: int) -> list[dict[str, Any]]:
@@ -80,24 +109,33 @@ def child(sizes: list[int], dtypes: list[str], repeat: int) -> list[dict[str, An
     return rows
 
 
+def work_items(n: int, split: str, sms: int) -> int:
+    """Blocks of the fused kernel for one tensor of n values (chunk_of in describe_cuda.cu)."""
+    if split[0] == "c":
+        chunk = 1 << int(split[1:])
+    else:
+        per = -(-n // (int(split[1:]) * sms * BLOCKS_PER_SM))
+        chunk = min(max(4096, -(-per // 512) * 512), 1 << 23)
+    return -(-n // chunk)
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The sweep as a Markdown table, one row per setting, dtype and size."""
     out = [
         f"Work-split sweep of the CUDA moments pass on {meta['device']}, torch {meta['torch']}, "
         f"{meta['date']} (bench/bench_chunks.py). Default split: chunk 2^{DEFAULT_CHUNK_LOG2}, "
-        f"merge group {DEFAULT_GROUP}.",
+        f"merge group {DEFAULT_GROUP}, merge kernel.",
         "",
-        "| dtype | n | chunk | merge group | blocks | pass (us) | % of copy bandwidth "
+        "| dtype | n | split | merge group | merge | blocks | pass (us) | % of copy bandwidth "
         "| fused kernel (us) | after it (us) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         fused = r["fused_s"]
         after = r["pass_s"] - fused if fused is not None else None
-        chunk = 1 << r["chunk_log2"]
         out.append(
-            f"| {r['dtype']} | {r['n']:.0e} | 2^{r['chunk_log2']} | {r['group']} | "
-            f"{-(-r['n'] // chunk)} | {1e6 * r['pass_s']:.1f} | {r['pct_of_copy']:.1f} % | "
+            f"| {r['dtype']} | {r['n']:.0e} | {r['split_label']} | {r['group']} | {r['merge']} | "
+            f"{r['blocks']} | {1e6 * r['pass_s']:.1f} | {r['pct_of_copy']:.1f} % | "
             + (f"{1e6 * fused:.1f} | {1e6 * after:.1f} |" if fused is not None else "- | - |")
         )
     return "\n".join(out) + "\n"
@@ -108,8 +146,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="1e8", help="comma-separated sizes")
     p.add_argument("--dtypes", default="float32,bfloat16")
-    p.add_argument("--chunks", default="15,16,17,18", help="log2 of the chunk lengths")
-    p.add_argument("--groups", default="256,4096", help="merge group sizes")
+    p.add_argument(
+        "--settings",
+        default=",".join(DEFAULT_SETTINGS),
+        help="split/group/merge, comma-separated (split cK: chunks of 2^K values; wK: K waves)",
+    )
     p.add_argument("--repeat", type=int, default=20, help="timed runs per measurement")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -127,24 +168,36 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(sizes, dtypes, args.repeat)))
         return 0
     rows: list[dict[str, Any]] = []
-    settings = [(int(c), int(g)) for c in args.chunks.split(",") for g in args.groups.split(",")]
-    for chunk_log2, group in settings:
-        env = dict(os.environ, PWS_CUDA_CHUNK=str(1 << chunk_log2), PWS_CUDA_MERGE_GROUP=str(group))
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    settings = []
+    for item in args.settings.split(","):
+        split, group, merge = item.split("/")
+        settings.append((split, int(group), merge))
+    for split, group, merge in settings:
+        env = dict(os.environ, **split_env(split, sms))
+        env.update(PWS_CUDA_MERGE_GROUP=str(group), PWS_CUDA_MERGE=merge)
         cmd = [sys.executable, __file__, "--child", "--sizes", args.sizes, "--dtypes", args.dtypes]
         cmd += ["--repeat", str(args.repeat)]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if r.returncode != 0:
-            print(f"chunk 2^{chunk_log2}, group {group}: failed\n{r.stderr[-2000:]}", flush=True)
+            print(f"{split}/{group}/{merge}: failed\n{r.stderr[-2000:]}", flush=True)
             continue
         for row in json.loads(r.stdout.strip().splitlines()[-1]):
-            rows.append({"chunk_log2": chunk_log2, "group": group, **row})
+            blocks = work_items(row["n"], split, sms)
+            label = f"chunk 2^{split[1:]}" if split[0] == "c" else f"{split[1:]} wave(s)"
+            rows.append(
+                {"split": split, "split_label": label, "group": group, "merge": merge}
+                | {"blocks": blocks, **row}
+            )
             print(
-                f"chunk 2^{chunk_log2:<2} group {group:<5} {row['dtype']:<9} {row['n']:.0e}: "
+                f"{label:<12} group {group:<5} {merge:<6} {row['dtype']:<9} {row['n']:.0e}: "
                 f"pass {1e6 * row['pass_s']:7.1f} us  {row['pct_of_copy']:5.1f} % of copy"
                 + (f"  fused {1e6 * row['fused_s']:7.1f} us" if row["fused_s"] else ""),
                 flush=True,
             )
-    rows.sort(key=lambda r: (r["dtype"], r["n"], r["chunk_log2"], r["group"]))
+    rows.sort(
+        key=lambda r: (r["dtype"], r["n"], settings.index((r["split"], r["group"], r["merge"])))
+    )
     meta = {
         "device": torch.cuda.get_device_name(0),
         "torch": torch.__version__,

@@ -771,20 +771,29 @@ def test_results_do_not_depend_on_the_thread_order(
 
 
 def test_work_split_from_the_environment(emu: Path, tmp_path: Path) -> None:
-    # bench/bench_chunks.py sweeps the work split through PWS_CUDA_CHUNK and PWS_CUDA_MERGE_GROUP:
-    # 4,096-value chunks merged in groups of 3 (two levels from 4 chunks on) and 2^20-value
-    # chunks merged in pairs, read from the launch trace (the fused launches' grids are the chunk
-    # counts); the same exact counts and histograms, moments within the bounds. Invalid values
-    # are refused by name.
+    # bench/bench_chunks.py sweeps the work split through PWS_CUDA_CHUNK, PWS_CUDA_BLOCKS,
+    # PWS_CUDA_MERGE_GROUP and PWS_CUDA_MERGE: 4,096-value chunks merged in groups of 3 (two
+    # levels from 4 chunks on), 2^23-value chunks merged in pairs, 3 chunks per tensor (lengths
+    # rounded up to a multiple of 512, at least 4,096: 17,920 values for the first tensor, 7,168
+    # for the second, 4,096 for the third), and the merge inside the fused kernel
+    # (PWS_CUDA_MERGE=inline), read from the launch trace (the fused launches' grids are the chunk
+    # counts; launches without shared memory are the merge and total kernels). The same exact
+    # counts and histograms, moments within the bounds. Invalid values are refused by name.
     xs = [
         _data(13 * 4096 + 7, torch.float32, seed=11),
         _data(5 * 4096, torch.bfloat16, seed=12),
         _data(100, torch.float16, seed=13),
     ]
     allx = torch.cat([x.double() for x in xs])
-    for chunk, group in ((4096, 3), (1 << 20, 2)):
-        trace = tmp_path / f"split-{chunk}.trace"
-        env = {"PWS_CUDA_CHUNK": str(chunk), "PWS_CUDA_MERGE_GROUP": str(group)}
+    splits = [
+        ({"PWS_CUDA_CHUNK": "4096", "PWS_CUDA_MERGE_GROUP": "3"}, [14, 5, 1]),
+        ({"PWS_CUDA_CHUNK": str(1 << 23), "PWS_CUDA_MERGE_GROUP": "2"}, [1, 1, 1]),
+        ({"PWS_CUDA_BLOCKS": "3", "PWS_CUDA_MERGE_GROUP": "2"}, [3, 3, 1]),
+        ({"PWS_CUDA_BLOCKS": "3", "PWS_CUDA_MERGE": "inline"}, [3, 3, 1]),
+        ({"PWS_CUDA_CHUNK": "4096", "PWS_CUDA_MERGE": "inline"}, [14, 5, 1]),
+    ]
+    for i, (env, chunks) in enumerate(splits):
+        trace = tmp_path / f"split-{i}.trace"
         (res,) = run(
             emu,
             [Describe(xs, HIST_LOG, m=3, total=2)],
@@ -792,15 +801,23 @@ def test_work_split_from_the_environment(emu: Path, tmp_path: Path) -> None:
             env={**env, "PWS_EMU_TRACE": str(trace)},
         )
         assert isinstance(res, DescribeResult), res
-        grids = [ln["grid"] for ln in _fused_launches(trace) if ln["smem"] > 0]
-        assert sorted(grids) == sorted(-(-x.numel() // chunk) for x in xs), (chunk, grids)
+        launches = _fused_launches(trace)
+        grids = [ln["grid"] for ln in launches if ln["smem"] > 0]
+        assert sorted(grids) == sorted(chunks), (env, grids)
+        merges = 0 if env.get("PWS_CUDA_MERGE") == "inline" else len(xs)  # one per table
+        assert sum(ln["smem"] == 0 for ln in launches) == 1 + merges, (env, launches)
         for x, s in zip(xs, res.summaries, strict=True):
-            assert_summary_matches(s, ref_moments(x), f"chunk {chunk}")
+            assert_summary_matches(s, ref_moments(x), str(env))
             _same_counts(s, pws.describe(x))
             assert_log_hist_matches_reference(s.hist, x, 3)
-        assert_summary_matches(res.total, ref_moments(allx), f"total, chunk {chunk}")
+        assert_summary_matches(res.total, ref_moments(allx), f"total, {env}")
         assert res.total.hist == pws.describe_many(xs, mantissa_bits=3, total=True)[1].hist
-    bad = {"PWS_CUDA_CHUNK": ["5000", "1024", "2097152", "4k"], "PWS_CUDA_MERGE_GROUP": ["1", "x"]}
+    bad = {
+        "PWS_CUDA_CHUNK": ["5000", "1024", str(1 << 24), "4k"],
+        "PWS_CUDA_BLOCKS": ["0", str((1 << 20) + 1)],
+        "PWS_CUDA_MERGE_GROUP": ["1", "x"],
+        "PWS_CUDA_MERGE": ["fast"],
+    }
     for name, values in bad.items():
         for v in values:
             (msg,) = run(emu, [Describe(xs[2:])], tmp_path, env={name: v})

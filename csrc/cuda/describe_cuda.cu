@@ -54,7 +54,6 @@ enum KernelKind : int32_t { kKindF32 = 0, kKindF16 = 1, kKindBF16 = 2, kKindGene
 struct EntryTable {
   int32_t count;
   int32_t kind;                        // KernelKind of every entry
-  int64_t chunk;                       // values per work item (work_split())
   int64_t merge_group;                 // chunk states per merge block (work_split())
   int64_t chunk_base;                  // scratch index of this launch's first chunk
   int64_t chunk_begin[kMaxBatch + 1];  // prefix sums of chunks, relative to chunk_base
@@ -62,6 +61,7 @@ struct EntryTable {
   int32_t group_begin[kMaxBatch + 1];  // prefix sums of merge groups, relative to group_base
   int32_t unit_begin[kMaxBatch + 1];   // prefix sums of merge units (blocks of merge_kernel)
   int32_t index[kMaxBatch];            // global tensor index of each entry
+  int32_t chunk[kMaxBatch];            // values per work item of each entry (chunk_of)
   Entry entries[kMaxBatch];
 };
 
@@ -82,7 +82,8 @@ struct Params {
   int32_t shared_slots;  // counters in shared memory: record, or the log band's (below)
   int32_t band_a;        // log band (band_b > 0): see LogBand
   int32_t band_b;
-  LogCoder lc;  // log: record slots (kHistHeader + bucket; 0, 1, 2 for -inf, +inf, NaN)
+  int32_t inline_merge;  // 1: fused_kernel merges each tensor's chunk states (work_split())
+  LogCoder lc;           // log: record slots (kHistHeader + bucket; 0, 1, 2 for -inf, +inf, NaN)
 };
 
 static_assert(sizeof(EntryTable) + sizeof(Params) <= 32000,
@@ -1178,6 +1179,22 @@ __global__ void __launch_bounds__(kThreads)
       warp_states);
 }
 
+// PWS_CUDA_MERGE=inline (work_split): the last block of the fused kernel to finish tensor t's
+// chunks merges their states in one level (tickets zeroed by a memset before the launch); no
+// merge kernel. Meant for splits of about one wave of blocks, whose arrivals all come at the end.
+// Out of line, so that it leaves the fused kernel's main loops as they are (inlined, it cost the
+// float32 moments loop 0.12 instructions per value). Called by all threads of the block.
+__device__ __noinline__ void merge_inline(const EntryTable& tab, const Params& p, int t) {
+  __shared__ MomentState merge_states[kWarps];
+  __shared__ int last_flag;
+  const int64_t gt = tab.index[t];
+  const int64_t nch = tab.chunk_begin[t + 1] - tab.chunk_begin[t];
+  if (last_arrival(p.tickets + gt, nch, &last_flag)) {
+    const MomentState* chunks = p.scratch + tab.chunk_base + tab.chunk_begin[t];
+    finish_tensor(p, gt, block_merge_states(chunks, nch, merge_states), merge_states);
+  }
+}
+
 // Blocks per SM the kernel's registers must allow: 4 (64 registers) for the moments kernels of
 // the aligned kinds and the float32 log-histogram kernel, whose per-group fast paths fit without
 // spills (bench/sass_spills.py), else 3.
@@ -1197,14 +1214,16 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
   const int64_t b = blockIdx.x;
   const int t = entry_of(tab.chunk_begin, tab.count, b);
   const Entry& e = tab.entries[t];
-  const int64_t start = (b - tab.chunk_begin[t]) * tab.chunk;
-  const int64_t len = min(tab.chunk, e.numel - start);
+  const int64_t chunk = tab.chunk[t];
+  const int64_t start = (b - tab.chunk_begin[t]) * chunk;
+  const int64_t len = min(chunk, e.numel - start);
   const int64_t gt = tab.index[t];
   if constexpr (kState) {
     // The merge kernel's arrival ticket of a tensor merged in groups, zeroed here instead of by a
     // memset before the launch (one node less per pass): the merge kernel reads it only after
     // this grid has completed and its writes are visible (griddepcontrol.wait, or stream order).
-    if (tid == 0 && b == tab.chunk_begin[t] && tab.group_begin[t + 1] > tab.group_begin[t]) {
+    if (tid == 0 && !p.inline_merge && b == tab.chunk_begin[t] &&
+        tab.group_begin[t + 1] > tab.group_begin[t]) {
       p.tickets[gt] = 0u;
     }
   }
@@ -1313,6 +1332,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
         if (c != 0u && i != 3 && i != 4) atomicAdd(&h.g[i], static_cast<unsigned long long>(c));
       }
     }
+  }
+  if constexpr (kState) {
+    if (p.inline_merge) merge_inline(tab, p, t);
   }
 }
 
@@ -1472,6 +1494,7 @@ Params make_params(const Request& req, const Layout& L, void* result, void* scra
   p.band_a = band.a;
   p.band_b = band.b;
   p.shared_slots = static_cast<int32_t>(band.b > 0 ? kHistHeader + 1 + 2 * band.b : L.record);
+  p.inline_merge = work_split().inline_merge ? 1 : 0;
   p.lc = make_log_coder(req.mantissa_bits, kHistHeader, 0, 1, 2);
   return p;
 }
@@ -1539,7 +1562,9 @@ void launch_fused(const EntryTable& tab, const Params& p, size_t smem, cudaStrea
       break;
   }
   PWS_CUDA_CHECK_LAUNCH("fused_kernel launch");
-  if constexpr (kState) launch_merge(tab, p, s);
+  if constexpr (kState) {
+    if (!p.inline_merge) launch_merge(tab, p, s);
+  }
 }
 
 int32_t kernel_kind(const Entry& e) {
@@ -1559,8 +1584,17 @@ int32_t kernel_kind(const Entry& e) {
 // Launch tables: entries grouped by kernel kind (in kind order, then input order), at most
 // kMaxBatch per table. Deterministic in the inputs' dtypes, sizes and layouts only.
 // Work items of a tensor: an empty one has one too, whose block stores its (identity) state.
+// Values per work item of a tensor of numel values.
+int64_t chunk_of(int64_t numel, const WorkSplit& w) {
+  if (w.blocks == 0) return w.chunk;
+  constexpr int64_t kQuantum = 512;  // keeps chunk starts 16-byte aligned for every dtype
+  const int64_t c = (numel + w.blocks - 1) / w.blocks;
+  return std::min(std::max(kMinChunk, (c + kQuantum - 1) / kQuantum * kQuantum), kMaxChunk);
+}
+
 int64_t chunks_of(int64_t numel, const WorkSplit& w) {
-  return numel > 0 ? (numel + w.chunk - 1) / w.chunk : 1;
+  const int64_t chunk = chunk_of(numel, w);
+  return numel > 0 ? (numel + chunk - 1) / chunk : 1;
 }
 
 // Merge groups of a tensor: none when its chunk states fit one block.
@@ -1585,6 +1619,15 @@ int64_t split_from_env(const char* name, int64_t fallback, int64_t lo, int64_t h
   return static_cast<int64_t>(x);
 }
 
+// PWS_CUDA_MERGE: false (a merge kernel) when unset or "kernel", true for "inline".
+bool merge_mode_from_env() {
+  const char* v = std::getenv("PWS_CUDA_MERGE");
+  if (v == nullptr || *v == '\0' || std::string(v) == "kernel") return false;
+  if (std::string(v) == "inline") return true;
+  throw std::invalid_argument(std::string("pyweightstat: PWS_CUDA_MERGE=") + v +
+                              " is not \"kernel\" or \"inline\"");
+}
+
 std::vector<EntryTable> make_tables(const std::vector<Entry>& entries) {
   const WorkSplit w = work_split();
   std::vector<EntryTable> tables;
@@ -1602,7 +1645,6 @@ std::vector<EntryTable> make_tables(const std::vector<Entry>& entries) {
       EntryTable tab{};
       tab.count = static_cast<int32_t>(n);
       tab.kind = kind;
-      tab.chunk = w.chunk;
       tab.merge_group = w.merge_group;
       tab.chunk_base = chunk_base;
       tab.group_base = group_base;
@@ -1611,6 +1653,7 @@ std::vector<EntryTable> make_tables(const std::vector<Entry>& entries) {
         const int32_t g = members[b0 + i];
         tab.index[i] = g;
         tab.entries[i] = entries[static_cast<size_t>(g)];
+        tab.chunk[i] = static_cast<int32_t>(chunk_of(entries[static_cast<size_t>(g)].numel, w));
         tab.chunk_begin[i] = c;
         tab.group_begin[i] = static_cast<int32_t>(gr);
         tab.unit_begin[i] = static_cast<int32_t>(un);
@@ -1637,7 +1680,9 @@ std::vector<EntryTable> make_tables(const std::vector<Entry>& entries) {
 WorkSplit work_split() {
   static const WorkSplit split{
       split_from_env("PWS_CUDA_CHUNK", kChunk, kMinChunk, kMaxChunk, true),
-      split_from_env("PWS_CUDA_MERGE_GROUP", kMergeGroup, 2, kMaxMergeGroup, false)};
+      split_from_env("PWS_CUDA_BLOCKS", 0, 1, int64_t(1) << 20, false),
+      split_from_env("PWS_CUDA_MERGE_GROUP", kMergeGroup, 2, kMaxMergeGroup, false),
+      merge_mode_from_env()};
   return split;
 }
 
@@ -1671,6 +1716,9 @@ void launch_describe(const std::vector<Entry>& entries, const Request& req, cons
   (void)cudaGetLastError();  // clear an error left by an earlier failed call
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const Params p = make_params(req, L, result, scratch);
+  if (p.inline_merge) {  // every tensor's arrival ticket (the fused kernel merges)
+    PWS_CUDA_CHECK(cudaMemsetAsync(p.tickets, 0, L.scratch_bytes - L.off_tickets, s));
+  }
   if (L.record > 0) {
     PWS_CUDA_CHECK(cudaMemsetAsync(
         p.hist, 0, static_cast<size_t>(L.tensors + 1) * static_cast<size_t>(L.record) * 8, s));

@@ -27,7 +27,7 @@ namespace pws::cuda {
 // (work_split() below can override it for a sweep, within [kMinChunk, kMaxChunk].)
 constexpr int64_t kChunk = int64_t(1) << 16;
 constexpr int64_t kMinChunk = int64_t(1) << 12;
-constexpr int64_t kMaxChunk = int64_t(1) << 20;
+constexpr int64_t kMaxChunk = int64_t(1) << 23;
 constexpr int kThreads = 256;
 // Chunk states merged by one block of the merge kernel: a tensor with more chunks first has its
 // chunk states merged in groups of this many (a block each), then the groups' results (by the
@@ -40,15 +40,22 @@ constexpr int kThreads = 256;
 constexpr int64_t kMergeGroup = PWS_MERGE_GROUP;
 constexpr int64_t kMaxMergeGroup = int64_t(1) << 16;
 
-// The work split of this process: kChunk and kMergeGroup, unless the environment variables
-// PWS_CUDA_CHUNK (a power of two in [kMinChunk, kMaxChunk]) and PWS_CUDA_MERGE_GROUP (2 to
-// kMaxMergeGroup) say otherwise. Read once, at the first CUDA call; an invalid value makes every
-// CUDA call throw std::invalid_argument. For bench/bench_chunks.py, which measures how the split
-// shapes a pass's fixed cost: another split changes the summation order, so results differ from
-// the default split's in their last bits (never in counts or histograms).
+// The work split of this process: kChunk and kMergeGroup, unless environment variables say
+// otherwise: PWS_CUDA_CHUNK (a power of two in [kMinChunk, kMaxChunk]) for the chunk length,
+// PWS_CUDA_BLOCKS (1 to 2^20) for about that many chunks per tensor instead (its length divided by
+// that, rounded up to a multiple of 512, within [kMinChunk, kMaxChunk]: e.g. one chunk per
+// resident block, a single wave), PWS_CUDA_MERGE_GROUP (2 to kMaxMergeGroup), and PWS_CUDA_MERGE
+// ("kernel", the default: a merge kernel after the fused one; "inline": the last block of the
+// fused kernel to finish a tensor's chunks merges their states, in one level). Read once, at
+// the first CUDA call; an invalid value makes every CUDA call throw std::invalid_argument. For
+// bench/bench_chunks.py, which measures how the split shapes a pass's fixed cost: another split
+// changes the summation order, so results differ from the default split's in their last bits
+// (never in counts or histograms).
 struct WorkSplit {
   int64_t chunk;
+  int64_t blocks;  // 0: every tensor in chunks of `chunk` values
   int64_t merge_group;
+  bool inline_merge;
 };
 WorkSplit work_split();
 // Dimensions of a strided input after merging contiguous ones (more: the caller copies it).
