@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 KINDS = {0: "float32", 1: "float16", 2: "bfloat16", 3: "generic"}
-HISTS = {0: "moments", 1: "uniform hist", 2: "log hist"}
+HISTS = {0: "moments", 1: "uniform hist", 2: "log hist", 3: "log band hist"}
 
 
 def find_cuobjdump(given: str | None) -> str:

@@ -43,6 +43,11 @@ constexpr int kWarps = kThreads / 32;
 // measured no faster on an H100 (313 us with one copy, 324 us with four, ViT-B/16 tracking).
 constexpr size_t kSharedHistBudget = 72 * 1024;
 
+// Kernel histogram kinds: HistKind's, plus a log histogram whose shared counters hold a band of
+// its buckets (LogBand: m >= 6), a kernel of its own so that the others carry none of its code.
+constexpr int kHistLogBand = 3;
+PWS_HD constexpr bool is_log(int hist) { return hist == kHistLog || hist == kHistLogBand; }
+
 size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
 // ---------------------------------------------------------------- kernel parameters
@@ -419,20 +424,26 @@ template <int kHist, bool kWindow, class CT>
 __device__ __forceinline__ void hist_add(HistCtx& h, CT v, bool ok) {
   const long long slot = ok ? hist_slot<kHist, kWindow>(h, v) : -1;
   if (h.sh != nullptr) {
-    if constexpr (kHist == kHistLog) {
-      if (h.band_b > 0) {  // block-uniform
-        if (slot < 0) return;
+    if constexpr (kHist == kHistLogBand) {
+      long long outside = -1;  // a bucket outside the band (rare by the band's choice)
+      if (slot >= 0) {
         const int32_t c = slot >= kHistHeader ? band_counter(static_cast<int32_t>(slot), h)
                                               : static_cast<int32_t>(slot);
         if (c >= 0) {
           atomicAdd(&h.sh[c], 1u);
-        } else {  // a bucket outside the band (rare by the band's choice)
-          atomicAdd(&h.g[slot], 1ull);
+        } else {
+          outside = slot;
         }
-        return;
       }
+      if (__ballot_sync(kFullMask, outside >= 0) != 0u) {  // lanes of one bucket: one atomic
+        const unsigned peers = __match_any_sync(kFullMask, outside);
+        if (outside >= 0 && static_cast<int>(threadIdx.x & 31) == __ffs(peers) - 1) {
+          atomicAdd(&h.g[outside], static_cast<unsigned long long>(__popc(peers)));
+        }
+      }
+    } else {
+      if (slot >= 0) atomicAdd(&h.sh[static_cast<int32_t>(slot)], 1u);
     }
-    if (slot >= 0) atomicAdd(&h.sh[static_cast<int32_t>(slot)], 1u);
   } else {
     const unsigned peers = __match_any_sync(kFullMask, slot);
     const int leader = __ffs(peers) - 1;
@@ -721,10 +732,10 @@ __device__ __forceinline__ void consume(Acc<CT>& a, HistCtx& h, const CT (&v)[N]
     }
   }
   if constexpr (kHist != kHistNone) {
-    constexpr bool kWindow = kHist == kHistLog && !kWindowFromExtremes<kState, CT>;
-    if constexpr (kHist == kHistLog && !kWindow) {
+    constexpr bool kWindow = is_log(kHist) && !kWindowFromExtremes<kState, CT>;
+    if constexpr (kHist == kHistLog && !kWindow) {  // (kHistLogBand: per value, below)
       // the common case: a short formula and one atomic per value
-      if (fast && h.sh != nullptr && h.band_b == 0) {
+      if (fast && h.sh != nullptr) {
 #pragma unroll
         for (int j = 0; j < N; ++j) atomicAdd(&h.sh[log_code_finite(f32_bits(v[j]), h.lc)], 1u);
         return;
@@ -990,7 +1001,7 @@ __device__ __forceinline__ void run_chunk(const Entry& e, int64_t start, int64_t
   Acc<CT> a;
   acc_init(a);
   accumulate_chunk<T, kState, kHist, kAlignedOnly>(e, start, len, h, a);
-  if constexpr (kHist == kHistLog && kWindowFromExtremes<kState, CT>) {
+  if constexpr (is_log(kHist) && kWindowFromExtremes<kState, CT>) {
     if (a.mn <= a.mx) {  // the thread counted a finite value
       h.lo = min(h.lo, log_code_finite(f32_bits(a.mn), h.lc) - kHistHeader);
       h.hi = max(h.hi, log_code_finite(f32_bits(a.mx), h.lc) - kHistHeader);
@@ -1200,8 +1211,7 @@ __device__ __noinline__ void merge_inline(const EntryTable& tab, const Params& p
 // spills (bench/sass_spills.py), else 3.
 template <int kKind, int kHist>
 constexpr int kMinBlocks =
-    kKind == kKindGeneric || kHist == kHistUniform || (kHist == kHistLog && kKind != kKindF32) ? 3
-                                                                                               : 4;
+    kKind == kKindGeneric || kHist == kHistUniform || (is_log(kHist) && kKind != kKindF32) ? 3 : 4;
 
 template <int kKind, bool kState, int kHist>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
@@ -1291,7 +1301,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
   }
 
   if constexpr (kHist != kHistNone) {
-    if constexpr (kHist == kHistLog) {  // touched window, as "nb - lo" and "hi + 1" (max-merged)
+    if constexpr (is_log(kHist)) {  // touched window, as "nb - lo" and "hi + 1" (max-merged)
       int32_t wlo = h.lo, whi = h.hi;
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) {
@@ -1311,7 +1321,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
       __syncthreads();
       const unsigned int* counters = reinterpret_cast<const unsigned int*>(dyn_smem);
       int64_t first = 0, stop = p.record;  // uniform: every slot
-      if constexpr (kHist == kHistLog) {
+      if constexpr (is_log(kHist)) {
         // Only the special slots and the block's window can be non-zero: the flush reads a few
         // hundred counters instead of all 4,070 (m = 3), which matters for small tensors.
         if (tid < 3 && counters[tid] != 0u) {
@@ -1319,8 +1329,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
         }
         first = kHistHeader + static_cast<int64_t>(block_window[0]);
         stop = kHistHeader + static_cast<int64_t>(block_window[1]) + 1;  // empty if no window
-        if (h.band_b > 0) {  // the band's counters (zeroed whole at the start: read them all)
-          for (int32_t i = kHistHeader + tid; i < p.shared_slots; i += kThreads) {
+        if constexpr (kHist == kHistLogBand) {  // the band's counters within the block's window
+          const int32_t wlo = block_window[0], whi = block_window[1];  // buckets
+          const int32_t c0 = h.lc.base - kHistHeader;                  // the zero bucket
+          // negative side: counter kHistHeader + 1 + j is bucket c0 - a - j; positive side:
+          // kHistHeader + 1 + b + j is bucket c0 + a + j (0 <= j < b); empty if no window
+          const int32_t n0 = max(0, c0 - h.band_a - whi),
+                        n1 = min(h.band_b - 1, c0 - h.band_a - wlo);
+          const int32_t p0 = max(0, wlo - c0 - h.band_a),
+                        p1 = min(h.band_b - 1, whi - c0 - h.band_a);
+          const int32_t nn = max(0, n1 - n0 + 1), np = max(0, p1 - p0 + 1);
+          const bool zero = wlo <= c0 && c0 <= whi;
+          for (int32_t k = tid; k < nn + np + (zero ? 1 : 0); k += kThreads) {
+            const int32_t i = k < nn        ? kHistHeader + 1 + n0 + k
+                              : k < nn + np ? kHistHeader + 1 + h.band_b + p0 + (k - nn)
+                                            : kHistHeader;
             const unsigned int c = counters[i];
             if (c != 0u) atomicAdd(&h.g[band_slot(i, h)], static_cast<unsigned long long>(c));
           }
@@ -1431,10 +1454,11 @@ size_t shared_hist_max() { return std::min(kSharedHistBudget, shared_limit()); }
 
 // A log histogram whose whole record does not fit in shared memory (m >= 6 at 72 KB) keeps a
 // band of it there: the zero bucket and, for both signs, the buckets of |x| in [2^e1, 2^e2), as
-// many whole octaves as fit (m = 7: 71 octaves, [2^-55, 2^16); m = 8: 35, [2^-23, 2^12); m = 10:
-// 8, [2^-10, 2^-2)). Values outside the band, rare for weights, activations and gradients, count
-// in global memory. The band is centred on 2^-6, ends at 2^16 at the highest and starts at 2^-126
-// at the lowest. In buckets: C - a - j and C + a + j for 0 <= j < b (see band_counter).
+// many whole octaves as fit (m = 6: 143 octaves, [2^-126, 2^17); m = 7: 71, [2^-55, 2^16); m = 8:
+// 35, [2^-23, 2^12); m = 10: 8, [2^-10, 2^-2)). Values outside the band, rare for weights,
+// activations and gradients, count in global memory. The band is centred on 2^-6, ends at 2^16
+// at the highest unless that would start it below 2^-126, and starts at 2^-126 at the lowest. In
+// buckets: C - a - j and C + a + j for 0 <= j < b (see band_counter).
 struct LogBand {
   int32_t a = 0;
   int32_t b = 0;  // 0: no band
@@ -1514,9 +1538,24 @@ void launch_kind(const dim3& g, size_t smem, cudaStream_t s, const EntryTable& t
 }
 
 #if !defined(PWS_CUDA_EMULATION)
-// Whether the current device has programmatic dependent launch (compute capability 9.0 and
-// newer).
-bool dependent_launch() { return device_attribute<cudaDevAttrComputeCapabilityMajor>() >= 9; }
+// Whether the merge kernel may be a programmatic dependent launch: the current device has it
+// (compute capability 9.0 and newer) and the merge kernel's code on it was compiled for it (its
+// griddepcontrol.wait exists from PTX 9.0 on: a build for sm_80 only, JIT-compiled for an sm_90
+// device, must keep plain stream order). Queried once per device.
+bool dependent_launch() {
+  if (device_attribute<cudaDevAttrComputeCapabilityMajor>() < 9) return false;
+  static std::atomic<int> cache[kCachedDevices];  // 0: not queried yet; 1: no; 2: yes
+  const int slot = device_for_cache();
+  if (slot >= 0) {
+    const int v = cache[slot].load(std::memory_order_relaxed);
+    if (v != 0) return v == 2;
+  }
+  cudaFuncAttributes attr{};
+  PWS_CUDA_CHECK(cudaFuncGetAttributes(&attr, merge_kernel));
+  const bool ok = attr.ptxVersion >= 90;
+  if (slot >= 0) cache[slot].store(ok ? 2 : 1, std::memory_order_relaxed);
+  return ok;
+}
 #endif
 
 // Enqueue the merge of the chunk states of a table's tensors, right after its fused launch.
@@ -1748,6 +1787,8 @@ void launch_describe(const std::vector<Entry>& entries, const Request& req, cons
   for (const EntryTable& tab : tables) {
     if (req.hist_kind == kHistUniform) {
       launch_fused<true, kHistUniform>(tab, p, smem, s);
+    } else if (req.hist_kind == kHistLog && p.band_b > 0) {
+      launch_fused<true, kHistLogBand>(tab, p, smem, s);
     } else if (req.hist_kind == kHistLog) {
       launch_fused<true, kHistLog>(tab, p, smem, s);
     } else {

@@ -10,7 +10,8 @@
 //      sm_90 and newer, so it adds no launch gap): each tensor's chunk states merged in a fixed
 //      order, in groups of kMergeGroup chunk states for the tensors that have more (one block per
 //      group), then the groups' results by the last group block to finish (arrival tickets,
-//      zeroed by a memset first).
+//      zeroed by the fused kernel; with PWS_CUDA_MERGE=inline, see work_split, by a memset
+//      before it, and the fused kernel's last block merges instead).
 // Results stay in a device buffer laid out as described by `Layout` until they are fetched.
 #pragma once
 #include <cstddef>
