@@ -124,7 +124,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     out = [
         f"Work-split sweep of the CUDA moments pass on {meta['device']}, torch {meta['torch']}, "
         f"{meta['date']} (bench/bench_chunks.py). Default split: chunk 2^{DEFAULT_CHUNK_LOG2}, "
-        f"merge group {DEFAULT_GROUP}, merge kernel.",
+        f"merge group {DEFAULT_GROUP}, merge kernel. With the inline merge, the fused kernel's "
+        "time includes the merge.",
         "",
         "| dtype | n | split | merge group | merge | blocks | pass (us) | % of copy bandwidth "
         "| fused kernel (us) | after it (us) |",
@@ -173,6 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.settings.split(","):
         split, group, merge = item.split("/")
         settings.append((split, int(group), merge))
+    meta = {
+        "device": torch.cuda.get_device_name(0),
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "build_info": pws.build_info(),
+        "settings": args.settings,
+    }
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"bench_chunks_{meta['date'][:10]}"
     for split, group, merge in settings:
         env = dict(os.environ, **split_env(split, sms))
         env.update(PWS_CUDA_MERGE_GROUP=str(group), PWS_CUDA_MERGE=merge)
@@ -195,20 +206,12 @@ def main(argv: list[str] | None = None) -> int:
                 + (f"  fused {1e6 * row['fused_s']:7.1f} us" if row["fused_s"] else ""),
                 flush=True,
             )
-    rows.sort(
-        key=lambda r: (r["dtype"], r["n"], settings.index((r["split"], r["group"], r["merge"])))
-    )
-    meta = {
-        "device": torch.cuda.get_device_name(0),
-        "torch": torch.__version__,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "build_info": pws.build_info(),
-    }
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"bench_chunks_{meta['date'][:10]}"
-    stem.with_suffix(".json").write_text(json.dumps({"metadata": meta, "rows": rows}, indent=2))
-    stem.with_suffix(".md").write_text(markdown(rows, meta))
+        rows.sort(
+            key=lambda r: (r["dtype"], r["n"], settings.index((r["split"], r["group"], r["merge"])))
+        )
+        # written after every setting: a run cut short by its time limit keeps what it measured
+        stem.with_suffix(".json").write_text(json.dumps({"metadata": meta, "rows": rows}, indent=2))
+        stem.with_suffix(".md").write_text(markdown(rows, meta))
     print(markdown(rows, meta))
     return 0 if rows else 1
 
