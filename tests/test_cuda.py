@@ -201,7 +201,7 @@ def test_uniform_explicit_edges() -> None:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-# shared-memory counters (m <= 5); global memory (m >= 6)
+# shared-memory counters (m <= 5); a shared band of them, global memory outside it (m >= 6)
 @pytest.mark.parametrize("m", [0, 3, 4, 5, 7, 10])
 def test_log_histogram_exact(dtype: torch.dtype, m: int) -> None:
     x = _data(300_001, dtype, seed=m)
@@ -216,7 +216,7 @@ def test_log_histogram_exact(dtype: torch.dtype, m: int) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
-@pytest.mark.parametrize("m", [0, 3, 5, 10])  # m = 10: counters in global memory
+@pytest.mark.parametrize("m", [0, 3, 5, 10])  # m = 10: a shared band, global memory outside it
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
 def test_log_histogram_random_bit_patterns(dtype: torch.dtype, m: int, layout: str) -> None:
     # Every class of float at once (normals of every exponent, subnormals, +-0, +-Inf, NaN), for
