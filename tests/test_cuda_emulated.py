@@ -671,16 +671,20 @@ def _fused_launches(trace: Path) -> list[dict[str, int]]:
     return out
 
 
+def _band_octaves(m: int, budget: int) -> int:
+    """Octaves of a log band (csrc/cuda/describe_cuda.cu LogBand): as many whole octaves of 2^m
+    buckets, for both signs, as fit in ``budget`` bytes beside the header and the zero bucket."""
+    return min((budget // 4 - 6) // (2 << m), 254)
+
+
 def _band_bytes(m: int, budget: int) -> int:
-    """Shared memory of a log band (csrc/cuda/describe_cuda.cu LogBand): the header, the zero
-    bucket and, for both signs, as many whole octaves of 2^m buckets as fit in ``budget``."""
-    octaves = min((budget // 4 - 6) // (2 << m), 254)
-    return (6 + 2 * octaves * (1 << m)) * 4
+    """Shared memory of a log band: the header, the zero bucket and both signs' octaves."""
+    return (6 + 2 * _band_octaves(m, budget) * (1 << m)) * 4
 
 
 def _band_edges(m: int, budget: int) -> tuple[float, float]:
     """The band's |x| range [2^e1, 2^e2) (LogBand: centred on 2^-6, at most 2^16, from 2^-126)."""
-    octaves = min((budget // 4 - 6) // (2 << m), 254)
+    octaves = _band_octaves(m, budget)
     e1 = max(min(-6 - octaves // 2, 16 - octaves), -126)
     return 2.0**e1, 2.0 ** (e1 + octaves)
 

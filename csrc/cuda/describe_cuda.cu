@@ -418,6 +418,15 @@ __device__ __forceinline__ int64_t hist_slot(HistCtx& h, CT v) {
   }
 }
 
+// Add one per lane to the global record slot of each lane (slot < 0: none), the lanes with the
+// same slot aggregated into one atomic. Called by all 32 lanes of the warp together.
+__device__ __forceinline__ void global_add_aggregated(HistCtx& h, long long slot) {
+  const unsigned peers = __match_any_sync(kFullMask, slot);
+  if (slot >= 0 && static_cast<int>(threadIdx.x & 31) == __ffs(peers) - 1) {
+    atomicAdd(&h.g[slot], static_cast<unsigned long long>(__popc(peers)));
+  }
+}
+
 // Count one value (ok false: padding). Called by all 32 lanes of the warp together: on the global
 // path, lanes with the same slot are aggregated into one atomic.
 template <int kHist, bool kWindow, class CT>
@@ -435,21 +444,12 @@ __device__ __forceinline__ void hist_add(HistCtx& h, CT v, bool ok) {
           outside = slot;
         }
       }
-      if (__ballot_sync(kFullMask, outside >= 0) != 0u) {  // lanes of one bucket: one atomic
-        const unsigned peers = __match_any_sync(kFullMask, outside);
-        if (outside >= 0 && static_cast<int>(threadIdx.x & 31) == __ffs(peers) - 1) {
-          atomicAdd(&h.g[outside], static_cast<unsigned long long>(__popc(peers)));
-        }
-      }
+      if (__ballot_sync(kFullMask, outside >= 0) != 0u) global_add_aggregated(h, outside);
     } else {
       if (slot >= 0) atomicAdd(&h.sh[static_cast<int32_t>(slot)], 1u);
     }
   } else {
-    const unsigned peers = __match_any_sync(kFullMask, slot);
-    const int leader = __ffs(peers) - 1;
-    if (slot >= 0 && static_cast<int>(threadIdx.x & 31) == leader) {
-      atomicAdd(&h.g[slot], static_cast<unsigned long long>(__popc(peers)));
-    }
+    global_add_aggregated(h, slot);
   }
 }
 
@@ -1327,9 +1327,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
         if (tid < 3 && counters[tid] != 0u) {
           atomicAdd(&h.g[tid], static_cast<unsigned long long>(counters[tid]));
         }
-        first = kHistHeader + static_cast<int64_t>(block_window[0]);
-        stop = kHistHeader + static_cast<int64_t>(block_window[1]) + 1;  // empty if no window
-        if constexpr (kHist == kHistLogBand) {  // the band's counters within the block's window
+        if constexpr (kHist == kHistLog) {
+          first = kHistHeader + static_cast<int64_t>(block_window[0]);
+          stop = kHistHeader + static_cast<int64_t>(block_window[1]) + 1;  // empty if no window
+        } else {  // kHistLogBand: the band's counters within the block's window
           const int32_t wlo = block_window[0], whi = block_window[1];  // buckets
           const int32_t c0 = h.lc.base - kHistHeader;                  // the zero bucket
           // negative side: counter kHistHeader + 1 + j is bucket c0 - a - j; positive side:
@@ -1347,7 +1348,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
             const unsigned int c = counters[i];
             if (c != 0u) atomicAdd(&h.g[band_slot(i, h)], static_cast<unsigned long long>(c));
           }
-          stop = first;
+          stop = first;  // nothing for the loop below
         }
       }
       for (int64_t i = first + tid; i < stop; i += kThreads) {
@@ -1426,20 +1427,30 @@ size_t full_hist_bytes(const Request& req) {
   return 0;
 }
 
-// An attribute of the current device (non-negative), queried once per device and attribute.
-template <cudaDeviceAttr kAttr>
-int device_attribute() {
-  static std::atomic<int64_t> cache[kCachedDevices];  // 0: not queried yet; else value + 1
+// query() (a non-negative int) for the current device, from `cache` (one slot per cached device,
+// 0: not queried yet, else value + 1) after the first call on that device.
+template <class Query>
+int cached_per_device(std::atomic<int64_t> (&cache)[kCachedDevices], Query query) {
   const int slot = device_for_cache();
   if (slot >= 0) {
     const int64_t v = cache[slot].load(std::memory_order_relaxed);
     if (v > 0) return static_cast<int>(v - 1);
   }
-  int device = 0, value = 0;
-  PWS_CUDA_CHECK(cudaGetDevice(&device));
-  PWS_CUDA_CHECK(cudaDeviceGetAttribute(&value, kAttr, device));
+  const int value = query();
   if (slot >= 0) cache[slot].store(static_cast<int64_t>(value) + 1, std::memory_order_relaxed);
   return value;
+}
+
+// An attribute of the current device (non-negative), queried once per device and attribute.
+template <cudaDeviceAttr kAttr>
+int device_attribute() {
+  static std::atomic<int64_t> cache[kCachedDevices];
+  return cached_per_device(cache, [] {
+    int device = 0, value = 0;
+    PWS_CUDA_CHECK(cudaGetDevice(&device));
+    PWS_CUDA_CHECK(cudaDeviceGetAttribute(&value, kAttr, device));
+    return value;
+  });
 }
 
 // Dynamic shared memory a block may opt in to on the current device, less room for the kernels'
@@ -1544,17 +1555,12 @@ void launch_kind(const dim3& g, size_t smem, cudaStream_t s, const EntryTable& t
 // device, must keep plain stream order). Queried once per device.
 bool dependent_launch() {
   if (device_attribute<cudaDevAttrComputeCapabilityMajor>() < 9) return false;
-  static std::atomic<int> cache[kCachedDevices];  // 0: not queried yet; 1: no; 2: yes
-  const int slot = device_for_cache();
-  if (slot >= 0) {
-    const int v = cache[slot].load(std::memory_order_relaxed);
-    if (v != 0) return v == 2;
-  }
-  cudaFuncAttributes attr{};
-  PWS_CUDA_CHECK(cudaFuncGetAttributes(&attr, merge_kernel));
-  const bool ok = attr.ptxVersion >= 90;
-  if (slot >= 0) cache[slot].store(ok ? 2 : 1, std::memory_order_relaxed);
-  return ok;
+  static std::atomic<int64_t> cache[kCachedDevices];
+  return cached_per_device(cache, [] {
+           cudaFuncAttributes attr{};
+           PWS_CUDA_CHECK(cudaFuncGetAttributes(&attr, merge_kernel));
+           return attr.ptxVersion;
+         }) >= 90;
 }
 #endif
 
@@ -1692,12 +1698,13 @@ std::vector<EntryTable> make_tables(const std::vector<Entry>& entries) {
         const int32_t g = members[b0 + i];
         tab.index[i] = g;
         tab.entries[i] = entries[static_cast<size_t>(g)];
-        tab.chunk[i] = static_cast<int32_t>(chunk_of(entries[static_cast<size_t>(g)].numel, w));
+        const int64_t numel = entries[static_cast<size_t>(g)].numel;
+        tab.chunk[i] = static_cast<int32_t>(chunk_of(numel, w));
         tab.chunk_begin[i] = c;
         tab.group_begin[i] = static_cast<int32_t>(gr);
         tab.unit_begin[i] = static_cast<int32_t>(un);
-        const int64_t groups = groups_of(entries[static_cast<size_t>(g)].numel, w);
-        c += chunks_of(entries[static_cast<size_t>(g)].numel, w);
+        const int64_t groups = groups_of(numel, w);
+        c += chunks_of(numel, w);
         gr += groups;
         un += std::max<int64_t>(groups, 1);
       }
