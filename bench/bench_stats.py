@@ -924,6 +924,9 @@ def bench_tracker(
     tracked.record()  # builds the plan outside the timed blocks
     tracked.trajectory()
 
+    step_host: list[float] = []  # host time of each tracker.step() inside the training loop
+    drain_host: list[float] = []  # host time of a tracked block's final wait for its batches
+
     def block(tr: WeightTracker | None) -> float:
         step()
         sync()
@@ -932,9 +935,13 @@ def bench_tracker(
         for _ in range(k):
             step()
             if tr is not None:
+                t1 = time.perf_counter()
                 tr.step()
+                step_host.append(time.perf_counter() - t1)
         if tr is not None:
+            t1 = time.perf_counter()
             tr._drain()
+            drain_host.append(time.perf_counter() - t1)
         sync()
         seconds = (time.perf_counter() - t0) / k
         assert tracked.num_records == before + (k if tr is not None else 0)
@@ -954,6 +961,13 @@ def bench_tracker(
         tracker_ab_tracked_s=statistics.median(tracked_s),
         tracker_ab_steps=k,
         tracker_ab_rounds=pairs,
+        tracker_step_host_median_s=statistics.median(step_host),
+        tracker_step_host_mean_s=statistics.fmean(step_host),
+        tracker_step_host_max_s=max(step_host),
+        tracker_step_host_p99_s=sorted(step_host)[
+            min(len(step_host) - 1, int(0.99 * len(step_host)))
+        ],
+        tracker_drain_host_mean_s=statistics.fmean(drain_host),
     )
     tracked._drain()
     gpu_txt = (
@@ -968,6 +982,16 @@ def bench_tracker(
         f"A/B over {pairs} tracked blocks of {k} steps: {100 * out['tracker_ab_fraction']:+.2f} "
         f"% per step (median; ratio of means {100 * out['tracker_ab_mean_fraction']:+.2f} %) "
         f"({[round(100 * f, 2) for f in fracs]})"
+    )
+    mean_pct = 100 * out["tracker_step_host_mean_s"] / out["tracker_ab_plain_s"]
+    log(
+        f"  tracker.step() host time inside the training loop ({len(step_host)} calls): median "
+        f"{1e3 * out['tracker_step_host_median_s']:.3f} ms, mean "
+        f"{1e3 * out['tracker_step_host_mean_s']:.3f} ms, p99 "
+        f"{1e3 * out['tracker_step_host_p99_s']:.3f} ms, max "
+        f"{1e3 * out['tracker_step_host_max_s']:.3f} ms ({mean_pct:.2f} % of an untracked step); "
+        f"wait for the background batches at a block's end: mean "
+        f"{1e3 * out['tracker_drain_host_mean_s']:.3f} ms per {k} steps"
     )
     return out
 
@@ -1130,9 +1154,20 @@ def main(argv: list[str] | None = None) -> int:
             )
         md += (
             f"\n- its host time per record() call: {1e3 * many['tracker_host_s']:.3f} ms "
-            "(mean over 48 calls: the enqueue, plus on CUDA the copies of records 3 steps old, "
-            "a batch at a time)"
+            "(mean over 48 back-to-back calls, no training between them: the enqueue, plus on "
+            "CUDA the copies of records 3 steps old, a batch at a time)"
         )
+        if "tracker_step_host_mean_s" in many:
+            md += (
+                "\n- host time of `tracker.step()` inside the A/B training loop (the background "
+                f"conversion runs during the steps): median "
+                f"{1e3 * many['tracker_step_host_median_s']:.3f} ms, mean "
+                f"{1e3 * many['tracker_step_host_mean_s']:.3f} ms, p99 "
+                f"{1e3 * many['tracker_step_host_p99_s']:.3f} ms, max "
+                f"{1e3 * many['tracker_step_host_max_s']:.3f} ms; the mean is "
+                f"{100 * many['tracker_step_host_mean_s'] / many['tracker_ab_plain_s']:.2f} % of "
+                f"an untracked step ({1e3 * many['tracker_ab_plain_s']:.1f} ms)"
+            )
         if "train_step_host_s" in many:
             md += (
                 f"\n- host time to enqueue one training step: "
