@@ -18,7 +18,10 @@ Each setting (``split/group/merge``, e.g. ``w1/4096/inline``) runs in a child pr
 script with ``--child``), which times, for each dtype and size, the device copy, ``pws.describe``
 (events after a sleep kernel, so device time only) and the fused kernel's device time
 (torch.profiler), and checks the result against a float64 reference. The parent writes
-``bench_chunks_<date>.{json,md}`` to ``--out``::
+``bench_chunks_<date>.{json,md}`` to ``--out``, after every setting. Then the ``--confirm``
+settings with the fastest bfloat16 passes at the largest swept size run again at
+``--confirm-size`` (10^9), with the default as their baseline, so that one device call shows
+whether a split that helps at 10^8 costs the 10^9 rows::
 
     python bench/bench_chunks.py --out bench/results --sizes 1e8,1e9 \\
         --settings c16/256/kernel,w1/4096/kernel,w1/4096/inline
@@ -119,6 +122,21 @@ def work_items(n: int, split: str, sms: int) -> int:
     return -(-n // chunk)
 
 
+def best_settings(
+    rows: list[dict[str, Any]], settings: list[tuple[str, int, str]], k: int, dtype: str
+) -> list[tuple[str, int, str]]:
+    """The ``k`` settings other than the first (the default) with the fastest ``dtype`` pass at
+    the largest size in ``rows``, fastest first."""
+    mine = [r for r in rows if r["dtype"] == dtype]
+    if k <= 0 or not mine:
+        return []
+    n = max(r["n"] for r in mine)
+    ranked = sorted(
+        (r["pass_s"], (r["split"], r["group"], r["merge"])) for r in mine if r["n"] == n
+    )
+    return [s for _, s in ranked if s != settings[0]][:k]
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The sweep as a Markdown table, one row per setting, dtype and size."""
     out = [
@@ -153,6 +171,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="split/group/merge, comma-separated (split cK: chunks of 2^K values; wK: K waves)",
     )
     p.add_argument("--repeat", type=int, default=20, help="timed runs per measurement")
+    p.add_argument(
+        "--confirm",
+        type=int,
+        default=2,
+        help="then time this many of the fastest settings (and the default) at --confirm-size",
+    )
+    p.add_argument("--confirm-size", default="1e9", help="size of the confirming runs")
+    p.add_argument(
+        "--confirm-dtype", default="bfloat16", help="dtype whose pass ranks the settings"
+    )
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -184,15 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"bench_chunks_{meta['date'][:10]}"
-    for split, group, merge in settings:
+
+    def run(setting: tuple[str, int, str], sizes_arg: str) -> None:
+        """Time one setting at ``sizes_arg`` in a child process; add its rows; save the tables."""
+        split, group, merge = setting
         env = dict(os.environ, **split_env(split, sms))
         env.update(PWS_CUDA_MERGE_GROUP=str(group), PWS_CUDA_MERGE=merge)
-        cmd = [sys.executable, __file__, "--child", "--sizes", args.sizes, "--dtypes", args.dtypes]
+        cmd = [sys.executable, __file__, "--child", "--sizes", sizes_arg, "--dtypes", args.dtypes]
         cmd += ["--repeat", str(args.repeat)]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if r.returncode != 0:
             print(f"{split}/{group}/{merge}: failed\n{r.stderr[-2000:]}", flush=True)
-            continue
+            return
         for row in json.loads(r.stdout.strip().splitlines()[-1]):
             blocks = work_items(row["n"], split, sms)
             label = f"chunk 2^{split[1:]}" if split[0] == "c" else f"{split[1:]} wave(s)"
@@ -212,6 +243,17 @@ def main(argv: list[str] | None = None) -> int:
         # written after every setting: a run cut short by its time limit keeps what it measured
         stem.with_suffix(".json").write_text(json.dumps({"metadata": meta, "rows": rows}, indent=2))
         stem.with_suffix(".md").write_text(markdown(rows, meta))
+
+    for setting in settings:
+        run(setting, args.sizes)
+    # The settings that gave the fastest passes at the largest swept size, and the first one (the
+    # build's default) as the baseline, again at --confirm-size: a split that only helps at 10^8
+    # would cost the 10^9 rows, which the default has to keep.
+    confirm = best_settings(rows, settings, args.confirm, args.confirm_dtype)
+    if confirm and int(float(args.confirm_size)) not in sizes:
+        meta["confirmed"] = [f"{a}/{b}/{c}" for a, b, c in [settings[0], *confirm]]
+        for setting in [settings[0], *confirm]:
+            run(setting, args.confirm_size)
     print(markdown(rows, meta))
     return 0 if rows else 1
 

@@ -11,11 +11,13 @@
 #   2. build + install for sm_90       -> $OUT/build.log   (pip --no-build-isolation, timed)
 #   3. pytest -m cuda tests/test_cuda.py, then a CPU sanity subset
 #   4. bench/bench_stats.py --device cuda -> $OUT/bench_results/ (JSON + Markdown), then
-#      bench/bench_chunks.py (the work-split sweep, about a minute; PWS_CHUNK_ARGS) beside it
+#      bench/bench_chunks.py (the work-split sweep at 10^8, then its two fastest bfloat16 settings
+#      and the default at 10^9; PWS_CHUNK_ARGS) beside it
 #   5. pyweightstat-run on the smoke preset with --device cuda (MNIST from .carry/data)
 #   6. $OUT/gpu_check.json: step statuses and times, GPU, driver, torch and CUDA versions
-# Everything together takes about 7-8 minutes on an H100 (build 1.5, CUDA tests 2, benchmark 2,
-# work-split sweep 2): give the device call a limit near its 10-minute maximum, or skip steps.
+# Everything together takes about 8-9 minutes on an H100 (build 1.5, CUDA tests 2, benchmark 2,
+# work-split sweep 2-3, written after every setting): give the device call a limit near its
+# 10-minute maximum (PWS_GPU_SKIP="test_cpu study_smoke"), or skip steps.
 set -u
 set -o pipefail
 
@@ -92,7 +94,7 @@ if step_ok build; then
   # 4b. work-split sweep of the moments pass (chunk length x merge group; JSON + Markdown)
   if [ -f bench/bench_chunks.py ]; then
     # shellcheck disable=SC2086 # PWS_CHUNK_ARGS is a list of arguments
-    run_step chunks 240 "$PY" bench/bench_chunks.py --out "$OUT/bench_results" ${PWS_CHUNK_ARGS:-}
+    run_step chunks 270 "$PY" bench/bench_chunks.py --out "$OUT/bench_results" ${PWS_CHUNK_ARGS:-}
   fi
   # 5. the study's main command on the GPU (smoke preset, MNIST carried in .carry/data)
   if [ -d .carry/data/mnist ]; then
