@@ -17,8 +17,9 @@ merge kernel), but the CUDA launcher reads these environment variables once per 
 Each setting (``split/group/merge``, e.g. ``w1/4096/inline``) runs in a child process (this
 script with ``--child``), which times, for each dtype and size, the device copy, ``pws.describe``
 (events after a sleep kernel, so device time only) and the fused kernel's device time
-(torch.profiler), and checks the result against a float64 reference. The parent writes
-``bench_chunks_<date>.{json,md}`` to ``--out``, after every setting. Then the ``--confirm``
+(torch.profiler), and checks the result against a float64 reference; and the m = 7 log
+histogram (the quantiles' default), whose blocks each flush their shared counters. The parent
+writes ``bench_chunks_<date>.{json,md}`` to ``--out``, after every setting. Then the ``--confirm``
 settings with the fastest bfloat16 passes at the largest swept size run again at
 ``--confirm-size`` (10^9), with the default as their baseline, so that one device call shows
 whether a split that helps at 10^8 costs the 10^9 rows::
@@ -93,6 +94,11 @@ def child(sizes: list[int], dtypes: list[str], repeat: int) -> list[dict[str, An
             check_summary(s, ref, f"describe {name} {n}")
             kernels = kernel_profile(lambda t=t: pws.describe(t), 20, "call", lambda _m: None)
             fused = fused_kernel_seconds(kernels, 20)
+            # the quantiles' histogram (m = 7, a band of its buckets in shared memory): each block
+            # flushes its touched counters, so its cost also depends on the chunk count
+            hist_t, h = timer(lambda t=t: pws.log_histogram(t, mantissa_bits=7))
+            if int(h.counts.sum()) != n:
+                raise AssertionError(f"log_histogram {name} {n}: {int(h.counts.sum())} counts")
             bytes_read = n * t.element_size()
             rows.append(
                 {
@@ -101,6 +107,7 @@ def child(sizes: list[int], dtypes: list[str], repeat: int) -> list[dict[str, An
                     "copy_s": copy_t.seconds,
                     "pass_s": pass_t.seconds,
                     "fused_s": fused,
+                    "loghist7_s": hist_t.seconds,
                     # the copy moves 2 x bytes_read in copy_s: the pass's read bandwidth over it
                     "pct_of_copy": 100.0
                     * (bytes_read / pass_t.seconds)
@@ -146,8 +153,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "time includes the merge.",
         "",
         "| dtype | n | split | merge group | merge | blocks | pass (us) | % of copy bandwidth "
-        "| fused kernel (us) | after it (us) |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| fused kernel (us) | after it (us) | log histogram m=7 (us) |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         fused = r["fused_s"]
@@ -156,6 +163,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"| {r['dtype']} | {r['n']:.0e} | {r['split_label']} | {r['group']} | {r['merge']} | "
             f"{r['blocks']} | {1e6 * r['pass_s']:.1f} | {r['pct_of_copy']:.1f} % | "
             + (f"{1e6 * fused:.1f} | {1e6 * after:.1f} |" if fused is not None else "- | - |")
+            + (f" {1e6 * r['loghist7_s']:.1f} |" if "loghist7_s" in r else " - |")
         )
     return "\n".join(out) + "\n"
 
@@ -234,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{label:<12} group {group:<5} {merge:<6} {row['dtype']:<9} {row['n']:.0e}: "
                 f"pass {1e6 * row['pass_s']:7.1f} us  {row['pct_of_copy']:5.1f} % of copy"
-                + (f"  fused {1e6 * row['fused_s']:7.1f} us" if row["fused_s"] else ""),
+                + (f"  fused {1e6 * row['fused_s']:7.1f} us" if row["fused_s"] else "")
+                + f"  log hist m=7 {1e6 * row['loghist7_s']:8.1f} us",
                 flush=True,
             )
         rows.sort(
