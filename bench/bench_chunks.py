@@ -18,7 +18,8 @@ Each setting (``split/group/merge``, e.g. ``w1/4096/inline``) runs in a child pr
 script with ``--child``), which times, for each dtype and size, the device copy, ``pws.describe``
 (events after a sleep kernel, so device time only) and the fused kernel's device time
 (torch.profiler), and checks the result against a float64 reference; and the m = 7 log
-histogram (the quantiles' default), whose blocks each flush their shared counters. The parent
+histogram (the quantiles' default), whose blocks each flush their shared counters, and a pass
+over the first 2^16 values (one chunk: the fixed cost) beside ``torch.sum`` of them. The parent
 writes ``bench_chunks_<date>.{json,md}`` to ``--out``, after every setting. Then the ``--confirm``
 settings with the fastest bfloat16 passes at the largest swept size run again at
 ``--confirm-size`` (10^9), with the default as their baseline, so that one device call shows
@@ -99,6 +100,11 @@ def child(sizes: list[int], dtypes: list[str], repeat: int) -> list[dict[str, An
             hist_t, h = timer(lambda t=t: pws.log_histogram(t, mantissa_bits=7))
             if int(h.counts.sum()) != n:
                 raise AssertionError(f"log_histogram {name} {n}: {int(h.counts.sum())} counts")
+            # a pass's fixed cost: one chunk (launches, one block, the merge) against torch.sum's
+            # one small kernel
+            small = t[: 1 << 16]
+            small_t, _ = timer(lambda small=small: pws.describe(small))
+            small_sum_t, _ = timer(lambda small=small: small.sum())
             bytes_read = n * t.element_size()
             rows.append(
                 {
@@ -108,6 +114,8 @@ def child(sizes: list[int], dtypes: list[str], repeat: int) -> list[dict[str, An
                     "pass_s": pass_t.seconds,
                     "fused_s": fused,
                     "loghist7_s": hist_t.seconds,
+                    "small_pass_s": small_t.seconds,
+                    "small_sum_s": small_sum_t.seconds,
                     # the copy moves 2 x bytes_read in copy_s: the pass's read bandwidth over it
                     "pct_of_copy": 100.0
                     * (bytes_read / pass_t.seconds)
@@ -153,8 +161,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "time includes the merge.",
         "",
         "| dtype | n | split | merge group | merge | blocks | pass (us) | % of copy bandwidth "
-        "| fused kernel (us) | after it (us) | log histogram m=7 (us) |",
-        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| fused kernel (us) | after it (us) | log histogram m=7 (us) "
+        "| 2^16 values: pass / torch.sum (us) |",
+        "|---|---|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         fused = r["fused_s"]
@@ -164,6 +173,11 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
             f"{r['blocks']} | {1e6 * r['pass_s']:.1f} | {r['pct_of_copy']:.1f} % | "
             + (f"{1e6 * fused:.1f} | {1e6 * after:.1f} |" if fused is not None else "- | - |")
             + (f" {1e6 * r['loghist7_s']:.1f} |" if "loghist7_s" in r else " - |")
+            + (
+                f" {1e6 * r['small_pass_s']:.1f} / {1e6 * r['small_sum_s']:.1f} |"
+                if "small_pass_s" in r
+                else " - |"
+            )
         )
     return "\n".join(out) + "\n"
 
