@@ -37,6 +37,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--confirm-size", default="1e9", help="size of the confirming runs")
     p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="start no setting that would end after this many seconds (default: no limit)",
+    )
+    p.add_argument(
         "--confirm-dtype", default="bfloat16", help="dtype whose pass ranks the settings"
     )
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
@@ -267,16 +274,35 @@ def main(argv: list[str] | None = None) -> int:
         stem.with_suffix(".json").write_text(json.dumps({"metadata": meta, "rows": rows}, indent=2))
         stem.with_suffix(".md").write_text(markdown(rows, meta))
 
+    # --budget-s: start a child only if it should end in time, judging by the slowest child so
+    # far (a confirming child at 10x the size counted twice), so that a device call's time limit
+    # never cuts one short
+    deadline = time.monotonic() + args.budget_s if args.budget_s else float("inf")
+    longest = 0.0
+
+    def timed_run(setting: tuple[str, int, str], sizes_arg: str, weight: float) -> bool:
+        nonlocal longest
+        if time.monotonic() + weight * longest > deadline:
+            print(f"{'/'.join(map(str, setting))} at {sizes_arg}: skipped (--budget-s)", flush=True)
+            return False
+        t0 = time.monotonic()
+        run(setting, sizes_arg)
+        longest = max(longest, (time.monotonic() - t0) / weight)
+        return True
+
     for setting in settings:
-        run(setting, args.sizes)
+        if not timed_run(setting, args.sizes, 1.0):
+            break
     # The settings that gave the fastest passes at the largest swept size, and the first one (the
     # build's default) as the baseline, again at --confirm-size: a split that only helps at 10^8
     # would cost the 10^9 rows, which the default has to keep.
     confirm = best_settings(rows, settings, args.confirm, args.confirm_dtype)
     if confirm and int(float(args.confirm_size)) not in sizes:
-        meta["confirmed"] = [f"{a}/{b}/{c}" for a, b, c in [settings[0], *confirm]]
+        meta["confirmed"] = []  # the settings run at --confirm-size
         for setting in [settings[0], *confirm]:
-            run(setting, args.confirm_size)
+            if not timed_run(setting, args.confirm_size, 2.0):
+                break
+            meta["confirmed"].append("/".join(map(str, setting)))
     print(markdown(rows, meta))
     return 0 if rows else 1
 

@@ -94,7 +94,8 @@ if step_ok build; then
   # 4b. work-split sweep of the moments pass (chunk length x merge group; JSON + Markdown)
   if [ -f bench/bench_chunks.py ]; then
     # shellcheck disable=SC2086 # PWS_CHUNK_ARGS is a list of arguments
-    run_step chunks 270 "$PY" bench/bench_chunks.py --out "$OUT/bench_results" ${PWS_CHUNK_ARGS:-}
+    run_step chunks 270 "$PY" bench/bench_chunks.py --out "$OUT/bench_results" --budget-s 240 \
+      ${PWS_CHUNK_ARGS:-}
   fi
   # 5. the study's main command on the GPU (smoke preset, MNIST carried in .carry/data)
   if [ -d .carry/data/mnist ]; then
