@@ -303,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             if not timed_run(setting, args.confirm_size, 2.0):
                 break
             meta["confirmed"].append("/".join(map(str, setting)))
+        stem.with_suffix(".json").write_text(json.dumps({"metadata": meta, "rows": rows}, indent=2))
     print(markdown(rows, meta))
     return 0 if rows else 1
 
