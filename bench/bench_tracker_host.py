@@ -11,6 +11,9 @@ final ``trajectory()``.
     # another version, e.g. the one before the deferred statistics:
     git show aaaac45:src/pyweightstat/tracker.py > src/pyweightstat/_old_tracker.py
     python bench/bench_tracker_host.py --module pyweightstat._old_tracker
+
+``--cpu`` times ``record()`` itself on CPU models of the study's families (MNIST CNN and DNN,
+CIFAR-10 ViT; m = 3 and 7), where each record is converted at once, beside a training step.
 """
 
 from __future__ import annotations
@@ -73,13 +76,85 @@ def measure(module: str, records: int, buckets: int, tensors: int = 152) -> dict
     }
 
 
+def measure_cpu(module: str, records: int) -> list[dict[str, Any]]:
+    """Host time of ``record()`` on CPU models of the study's families (each record converts at
+    once on the CPU), beside the time of one training step (batch 128, Adam) of the same model."""
+    from pyweightstat.models import build_model
+
+    mod = importlib.import_module(module)
+    specs = [
+        ("mnist cnn", "cnn", (1, 28, 28), {"blocks": 2, "channels": [32, 64]}),
+        ("mnist dnn", "dnn", (1, 28, 28), {}),
+        ("cifar10 vit", "vit", (3, 32, 32), {}),
+    ]
+    out = []
+    for label, family, shape, cfg in specs:
+        torch.manual_seed(0)
+        model = build_model(family, shape, 10, **cfg)
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        x, y = torch.randn(128, *shape), torch.randint(0, 10, (128,))
+
+        def step(model: Any = model, opt: Any = opt, x: Any = x, y: Any = y) -> None:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        for _ in range(3):
+            step()
+        steps = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            step()
+            steps.append(time.perf_counter() - t0)
+        step_s = statistics.median(steps)
+        for m in (3, 7):
+            tracker = mod.WeightTracker(model, mantissa_bits=m)
+            for _ in range(5):
+                tracker.record()
+            times = []
+            for _ in range(records):
+                t0 = time.perf_counter()
+                tracker.record()
+                times.append(time.perf_counter() - t0)
+            rec_s = statistics.median(times)
+            out.append(
+                {
+                    "model": label,
+                    "tensors": len(list(model.parameters())),
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                    "mantissa_bits": m,
+                    "record_median_us": 1e6 * rec_s,
+                    "step_median_ms": 1e3 * step_s,
+                    "record_pct_of_step": 100 * rec_s / step_s,
+                }
+            )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--module", default="pyweightstat.tracker")
     p.add_argument("--records", type=int, default=2000)
     p.add_argument("--buckets", type=int, default=200, help="non-empty buckets per tensor")
     p.add_argument("--json", help="also write the result to this file")
+    p.add_argument(
+        "--cpu",
+        action="store_true",
+        help="instead: record() on CPU models of the study's families, and a training step",
+    )
     args = p.parse_args(argv)
+    if args.cpu:
+        rows = measure_cpu(args.module, min(args.records, 300))
+        for r in rows:
+            print(
+                f"{args.module}: {r['model']:<12} ({r['tensors']} tensors, {r['parameters']} "
+                f"parameters) m={r['mantissa_bits']}: record {r['record_median_us']:7.0f} us = "
+                f"{r['record_pct_of_step']:.2f} % of a {r['step_median_ms']:.1f} ms step"
+            )
+        if args.json:
+            with open(args.json, "w") as fh:
+                json.dump({"module": args.module, "rows": rows}, fh, indent=2)
+        return 0
     out = measure(args.module, args.records, args.buckets)
     out["host"] = platform.node()
     out["python"] = platform.python_version()

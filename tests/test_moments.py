@@ -262,6 +262,32 @@ def test_merge_of_chunks_equals_whole(splits: list[int], rng: np.random.Generato
         assert getattr(merged, name) == getattr(whole, name), name
 
 
+def test_merge_state_rows_is_the_left_fold_of_merges(rng: np.random.Generator) -> None:
+    """The engine's one-call fold of P states (the CPU tracker's total) equals merging the
+    Summaries left to right, bit for bit, and the float64 reference of the concatenation."""
+    from pyweightstat import _C
+
+    parts = [
+        (1e3 * k + rng.standard_normal(n)).astype(np.float32)
+        for k, n in enumerate([7, 0, 300, 1, 64])
+    ]
+    parts[2][::9] = np.nan
+    summaries = [pws.describe(p) for p in parts]
+    f = np.stack([s._state()[0] for s in summaries])
+    n = np.stack([s._state()[1] for s in summaries])
+    ft, nt = _C.merge_state_rows(f, n)
+    folded = summaries[0]
+    for s in summaries[1:]:
+        folded = folded.merge(s)
+    np.testing.assert_array_equal(ft, folded._state()[0])
+    np.testing.assert_array_equal(nt, folded._state()[1])
+    assert_summary_matches(pws.Summary(ft, nt), ref_moments(np.concatenate(parts)), "fold")
+    with pytest.raises(ValueError, match="P >= 1"):
+        _C.merge_state_rows(f[:0], n[:0])
+    with pytest.raises(ValueError, match="expected"):
+        _C.merge_state_rows(f[:, :7], n)
+
+
 def test_merge_with_empty_and_different_offsets(rng: np.random.Generator) -> None:
     a = (1e4 + rng.standard_normal(1000)).astype(np.float32)
     b = (-50 + 0.01 * rng.standard_normal(10)).astype(np.float32)

@@ -268,6 +268,72 @@ def test_non_finite_weights() -> None:
     assert int(np.sum(bias.counts)) == 5
 
 
+class _Mixed(nn.Module):
+    """Parameters of three dtypes (float32, float64, bfloat16), an empty one and special values."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(9, 7)
+        self.b = nn.Linear(7, 4).double()
+        self.c = nn.Parameter(torch.randn(5, 6).to(torch.bfloat16))
+        self.empty = nn.Parameter(torch.empty(0))
+        self.d = nn.Parameter(torch.tensor([0.0, -0.0, 1e-42, -3e38, 2.0**-130, 5.0]))
+
+
+@pytest.mark.parametrize("mantissa_bits", [0, 3, 10])
+def test_cpu_records_match_summary_conversion(
+    monkeypatch: pytest.MonkeyPatch, mantissa_bits: int
+) -> None:
+    """The CPU records, built from the engine's raw result without Summary objects, store the
+    same columns bit for bit as converting ``describe_many(..., total=True)`` (the former path,
+    still taken for non-CPU parameters)."""
+    import pyweightstat.tracker as tracker_mod
+
+    made = 0
+    host_record = tracker_mod._host_record
+
+    def counted(*args: Any) -> Any:
+        nonlocal made
+        rec = host_record(*args)
+        made += rec is not None
+        return rec
+
+    torch.manual_seed(3)
+    model = _Mixed()
+    fast = WeightTracker(model, mantissa_bits=mantissa_bits, hist_every=2)
+    slow = WeightTracker(model, mantissa_bits=mantissa_bits, hist_every=2)
+    for step in range(5):
+        with torch.no_grad():
+            model.a.weight.mul_(1.5).add_(0.01 * step)
+            model.b.bias.add_(-0.25)
+            if step == 2:
+                model.a.weight[0, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0])
+                model.c[0, 0] = float("nan")
+        with monkeypatch.context() as mp:
+            mp.setattr(tracker_mod, "_host_record", counted)
+            fast.record()
+        with monkeypatch.context() as mp:
+            mp.setattr(tracker_mod, "_host_record", lambda *args: None)
+            slow.record()
+    assert made == 5  # every fast record took the new path
+    a, b = fast.trajectory(), slow.trajectory()
+    assert a["has_hist"].tolist() == [True, False, True, False, True]
+    assert len(a["hist_bucket"]) > 0 and a["hist_flows"].sum() > 0
+    for key, value in a.items():
+        if isinstance(value, np.ndarray):
+            assert value.dtype == b[key].dtype, key
+            np.testing.assert_array_equal(value, b[key], err_msg=key)
+        else:
+            assert value == b[key], key
+    # and the total is the merge of the tensors (a float64 reference for its count and mean)
+    vals = np.concatenate([p.detach().double().numpy().ravel() for p in model.parameters()])
+    finite = vals[np.isfinite(vals)]
+    col = {f: i for i, f in enumerate(STAT_FIELDS)}
+    total = a["stats"][-1, -1]
+    assert total[col["count"]] == len(finite)
+    assert total[col["mean"]] == pytest.approx(finite.mean(), rel=1e-12, abs=1e-300)
+
+
 def test_stat_fields_match_engine() -> None:
     assert STAT_FIELDS == tuple(pyweightstat.FIELDS)
 

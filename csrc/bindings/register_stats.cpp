@@ -90,9 +90,29 @@ py::tuple merge_states(const py::array_t<double, py::array::c_style | py::array:
   return py::make_tuple(packed[0].attr("__getitem__")(0), packed[1].attr("__getitem__")(0));
 }
 
+// Fold packed moment states (float64 (P, 8) and int64 (P, 5) rows, P >= 1) left to right, as
+// repeated merge_states calls would: ((s0 + s1) + s2) + ...; returns the packed merged state.
+py::tuple merge_state_rows(
+    const py::array_t<double, py::array::c_style | py::array::forcecast>& f,
+    const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& n) {
+  if (f.ndim() != 2 || n.ndim() != 2 || f.shape(1) != 8 || n.shape(1) != 5 ||
+      f.shape(0) != n.shape(0) || f.shape(0) < 1) {
+    throw py::value_error("merge_state_rows: expected float64 (P, 8) and int64 (P, 5), P >= 1");
+  }
+  const double* fp = f.data();
+  const int64_t* np_ = n.data();
+  MomentState a = row_to_state(fp, np_);
+  for (py::ssize_t i = 1; i < f.shape(0); ++i)
+    moment_merge(a, row_to_state(fp + 8 * i, np_ + 5 * i));
+  py::tuple packed = state_rows({a});
+  return py::make_tuple(packed[0].attr("__getitem__")(0), packed[1].attr("__getitem__")(0));
+}
+
 }  // namespace
 
 void register_stats(py::module_& m) {
+  m.def("merge_state_rows", &merge_state_rows, py::arg("f"), py::arg("n"),
+        "Pebay merge of P packed moment states in order (left fold); returns the packed state.");
   m.def("merge_states", &merge_states, py::arg("fa"), py::arg("na"), py::arg("fb"), py::arg("nb"),
         "Pebay merge of two packed moment states; returns the packed merged state.");
   m.def("describe_cpu", &describe_cpu, py::arg("capsules"), py::arg("names"), py::arg("moments"),
