@@ -262,30 +262,44 @@ def test_merge_of_chunks_equals_whole(splits: list[int], rng: np.random.Generato
         assert getattr(merged, name) == getattr(whole, name), name
 
 
-def test_merge_state_rows_is_the_left_fold_of_merges(rng: np.random.Generator) -> None:
-    """The engine's one-call fold of P states (the CPU tracker's total) equals merging the
-    Summaries left to right, bit for bit, and the float64 reference of the concatenation."""
+def test_cpu_record_total_is_the_left_fold_of_merges(rng: np.random.Generator) -> None:
+    """The CPU tracker's one-call record (``describe_cpu_record``): each slot's state equals
+    ``describe``'s, the total equals merging the Summaries left to right, bit for bit, and the
+    float64 reference of the concatenation; its buckets are each histogram's non-empty ones."""
+    from torch.utils.dlpack import to_dlpack
+
     from pyweightstat import _C
 
-    parts = [
-        (1e3 * k + rng.standard_normal(n)).astype(np.float32)
-        for k, n in enumerate([7, 0, 300, 1, 64])
-    ]
+    sizes = [7, 0, 300, 1, 64]
+    parts = [(1e3 * k + rng.standard_normal(n)).astype(np.float32) for k, n in enumerate(sizes)]
     parts[2][::9] = np.nan
-    summaries = [pws.describe(p) for p in parts]
-    f = np.stack([s._state()[0] for s in summaries])
-    n = np.stack([s._state()[1] for s in summaries])
-    ft, nt = _C.merge_state_rows(f, n)
+    tensors = [torch.from_numpy(p) for p in parts]
+    names = [f"t{i}" for i in range(len(parts))]
+    f, n, nnz, buckets, counts, flows = _C.describe_cpu_record(
+        [to_dlpack(t) for t in tensors], names, 5
+    )
+    summaries = [pws.describe(p, mantissa_bits=5) for p in parts]
     folded = summaries[0]
     for s in summaries[1:]:
         folded = folded.merge(s)
-    np.testing.assert_array_equal(ft, folded._state()[0])
-    np.testing.assert_array_equal(nt, folded._state()[1])
-    assert_summary_matches(pws.Summary(ft, nt), ref_moments(np.concatenate(parts)), "fold")
-    with pytest.raises(ValueError, match="P >= 1"):
-        _C.merge_state_rows(f[:0], n[:0])
-    with pytest.raises(ValueError, match="expected"):
-        _C.merge_state_rows(f[:, :7], n)
+    for i, s in enumerate([*summaries, folded]):
+        np.testing.assert_array_equal(f[i], s._state()[0])
+        np.testing.assert_array_equal(n[i], s._state()[1])
+        c = np.asarray(s.hist.counts)
+        assert nnz[i] == np.count_nonzero(c)
+        lo = int(nnz[:i].sum())
+        np.testing.assert_array_equal(buckets[lo : lo + nnz[i]], np.flatnonzero(c) + s.hist.first)
+        np.testing.assert_array_equal(counts[lo : lo + nnz[i]], c[c != 0])
+        assert tuple(flows[i]) == (s.hist.underflow, s.hist.overflow, s.hist.nan_count)
+    assert_summary_matches(pws.Summary(f[-1], n[-1]), ref_moments(np.concatenate(parts)), "fold")
+    f0, n0, nnz0, b0, c0, fl0 = _C.describe_cpu_record([to_dlpack(t) for t in tensors], names, -1)
+    np.testing.assert_array_equal(f0, f)
+    np.testing.assert_array_equal(n0, n)
+    assert not nnz0.any() and len(b0) == len(c0) == 0 and not fl0.any()
+    with pytest.raises(ValueError, match="at least one"):
+        _C.describe_cpu_record([], [], 3)
+    with pytest.raises(ValueError, match="mantissa_bits"):
+        _C.describe_cpu_record([to_dlpack(tensors[0])], ["t0"], 11)
 
 
 def test_merge_with_empty_and_different_offsets(rng: np.random.Generator) -> None:

@@ -412,6 +412,52 @@ def test_parameter_change_detected() -> None:
         tracker.record()
 
 
+def test_records_follow_replaced_parameters_and_modules() -> None:
+    """The CPU tracker skips the walk of named_parameters() while no module or parameter slot
+    changed; every kind of change is still seen at the next record."""
+    model = _mlp()
+    tracker = WeightTracker(model, mantissa_bits=M)
+    col = STAT_FIELDS.index("mean")
+
+    def recorded_mean(i: int) -> float:
+        return float(tracker.trajectory()["stats"][-1, i, col])
+
+    def current_mean(p: torch.Tensor) -> float:
+        return float(p.detach().double().mean())
+
+    tracker.record()
+    tracker.record()  # from the snapshot
+    assert recorded_mean(0) == pytest.approx(current_mean(model[0].weight), rel=1e-12)
+    model[0].weight = nn.Parameter(torch.full_like(model[0].weight, 3.0))  # a new object
+    tracker.record()
+    assert recorded_mean(0) == 3.0
+    model[2] = nn.Linear(model[2].in_features, model[2].out_features)  # a new submodule
+    with torch.no_grad():
+        model[2].bias.fill_(-2.0)
+    tracker.record()
+    assert recorded_mean(3) == -2.0
+    with torch.no_grad():
+        model[0].bias.data = torch.full_like(model[0].bias, 0.5)  # same object, new storage
+    tracker.record()
+    assert recorded_mean(1) == 0.5
+    model[0].register_parameter("extra", nn.Parameter(torch.zeros(2)))
+    with pytest.raises(RuntimeError, match="parameters changed"):
+        tracker.record()
+
+    class Reversed(
+        nn.Sequential
+    ):  # lists its parameters its own way: no snapshot, a walk each time
+        def named_parameters(self, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            return reversed(list(super().named_parameters(*args, **kwargs)))
+
+    odd = Reversed(nn.Linear(3, 2))
+    odd_tracker = WeightTracker(odd, mantissa_bits=M)
+    odd_tracker.record()
+    assert odd_tracker._params_snapshot is None
+    assert odd_tracker.names[:2] == ["0.bias", "0.weight"]
+    assert odd_tracker.trajectory()["stats"][0, 0, STAT_FIELDS.index("count")] == 2
+
+
 def test_argument_errors(trained) -> None:
     _, tracker, _ = trained
     with pytest.raises(TypeError, match="model"):

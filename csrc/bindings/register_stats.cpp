@@ -3,6 +3,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <climits>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -90,29 +93,93 @@ py::tuple merge_states(const py::array_t<double, py::array::c_style | py::array:
   return py::make_tuple(packed[0].attr("__getitem__")(0), packed[1].attr("__getitem__")(0));
 }
 
-// Fold packed moment states (float64 (P, 8) and int64 (P, 5) rows, P >= 1) left to right, as
-// repeated merge_states calls would: ((s0 + s1) + s2) + ...; returns the packed merged state.
-py::tuple merge_state_rows(
-    const py::array_t<double, py::array::c_style | py::array::forcecast>& f,
-    const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& n) {
-  if (f.ndim() != 2 || n.ndim() != 2 || f.shape(1) != 8 || n.shape(1) != 5 ||
-      f.shape(0) != n.shape(0) || f.shape(0) < 1) {
-    throw py::value_error("merge_state_rows: expected float64 (P, 8) and int64 (P, 5), P >= 1");
+// One record of the CPU weight tracker: the fused pass over the tensors (moments, and a log
+// histogram unless mantissa_bits < 0), their total, and every histogram as its non-empty buckets.
+// Returns (f (P + 1, 8), n (P + 1, 5), nnz (P + 1,), buckets, counts, flows (P + 1, 3)): slot P is
+// the total, whose state is the left fold ((s0 + s1) + s2) + ... of the tensors' states (as
+// merging their Summaries in order gives) and whose histogram is the sum of theirs; buckets (global
+// index on the universal grid) and counts are in (slot, bucket) order, nnz[t] of them for slot t;
+// flows are (underflow, overflow, NaN) counts. The columns of the tracker's store, with no
+// per-tensor Python objects.
+py::tuple describe_cpu_record(const py::list& caps, const std::vector<std::string>& names,
+                              int mantissa_bits) {
+  std::vector<ImportedTensor> imported = import_capsules(caps, names);
+  std::vector<TensorView> views;
+  views.reserve(imported.size());
+  for (size_t i = 0; i < imported.size(); ++i) {
+    if (imported[i].view.device != DeviceKind::CPU) {
+      throw py::value_error(names.at(i) + " is on a CUDA device; the CPU engine reads host memory");
+    }
+    views.push_back(imported[i].view);
   }
-  const double* fp = f.data();
-  const int64_t* np_ = n.data();
-  MomentState a = row_to_state(fp, np_);
-  for (py::ssize_t i = 1; i < f.shape(0); ++i)
-    moment_merge(a, row_to_state(fp + 8 * i, np_ + 5 * i));
-  py::tuple packed = state_rows({a});
-  return py::make_tuple(packed[0].attr("__getitem__")(0), packed[1].attr("__getitem__")(0));
+  if (views.empty()) throw py::value_error("describe_cpu_record needs at least one tensor");
+  if (mantissa_bits > kMaxMantissaBits) throw py::value_error("mantissa_bits must be <= 10");
+  cpu::HistRequest req;
+  req.kind = mantissa_bits < 0 ? cpu::HistKind::None : cpu::HistKind::Log;
+  req.mantissa_bits = mantissa_bits < 0 ? 0 : mantissa_bits;
+  const size_t p = views.size();
+  std::vector<MomentState> states(p + 1);
+  std::vector<int64_t> nnz(p + 1, 0), flows(3 * (p + 1), 0), buckets, counts;
+  {
+    py::gil_scoped_release release;
+    const std::vector<cpu::DescribeOutput> res = cpu::describe(views, true, req);
+    for (size_t i = 0; i < p; ++i) states[i] = res[i].state;
+    states[p] = states[0];
+    for (size_t i = 1; i < p; ++i) moment_merge(states[p], states[i]);
+    if (req.kind == cpu::HistKind::Log) {
+      int64_t lo = INT64_MAX, hi = INT64_MIN;
+      for (size_t i = 0; i < p; ++i) {
+        const cpu::HistOutput& h = res[i].hist;
+        for (size_t j = 0; j < h.counts.size(); ++j) {
+          if (h.counts[j] == 0) continue;
+          buckets.push_back(h.first + static_cast<int64_t>(j));
+          counts.push_back(h.counts[j]);
+          ++nnz[i];
+        }
+        if (nnz[i] > 0) {
+          lo = std::min(lo, buckets[buckets.size() - static_cast<size_t>(nnz[i])]);
+          hi = std::max(hi, buckets.back());
+        }
+        const int64_t f3[3] = {h.underflow, h.overflow, h.nan};
+        for (int k = 0; k < 3; ++k) {
+          flows[3 * i + k] = f3[k];
+          flows[3 * p + k] += f3[k];
+        }
+      }
+      if (lo <= hi) {  // the total: every tensor's buckets added on the grid
+        std::vector<int64_t> dense(static_cast<size_t>(hi - lo + 1), 0);
+        const size_t tensor_buckets = buckets.size();
+        for (size_t k = 0; k < tensor_buckets; ++k)
+          dense[static_cast<size_t>(buckets[k] - lo)] += counts[k];
+        for (size_t j = 0; j < dense.size(); ++j) {
+          if (dense[j] == 0) continue;
+          buckets.push_back(lo + static_cast<int64_t>(j));
+          counts.push_back(dense[j]);
+          ++nnz[p];
+        }
+      }
+    }
+  }
+  const py::tuple rows = state_rows(states);
+  const auto vec = [](const std::vector<int64_t>& v, std::vector<py::ssize_t> shape) {
+    py::array_t<int64_t> a(shape);
+    if (!v.empty()) std::memcpy(a.mutable_data(), v.data(), v.size() * sizeof(int64_t));
+    return a;
+  };
+  const py::ssize_t P1 = static_cast<py::ssize_t>(p + 1);
+  return py::make_tuple(
+      rows[0], rows[1], vec(nnz, {P1}), vec(buckets, {static_cast<py::ssize_t>(buckets.size())}),
+      vec(counts, {static_cast<py::ssize_t>(counts.size())}), vec(flows, {P1, py::ssize_t(3)}));
 }
 
 }  // namespace
 
 void register_stats(py::module_& m) {
-  m.def("merge_state_rows", &merge_state_rows, py::arg("f"), py::arg("n"),
-        "Pebay merge of P packed moment states in order (left fold); returns the packed state.");
+  m.def("describe_cpu_record", &describe_cpu_record, py::arg("capsules"), py::arg("names"),
+        py::arg("mantissa_bits"),
+        "One record of the CPU weight tracker (moments, and log histograms unless "
+        "mantissa_bits < 0, of every tensor and of their total) as the store's columns: (f, n, "
+        "nnz, buckets, counts, flows).");
   m.def("merge_states", &merge_states, py::arg("fa"), py::arg("na"), py::arg("fb"), py::arg("nb"),
         "Pebay merge of two packed moment states; returns the packed merged state.");
   m.def("describe_cpu", &describe_cpu, py::arg("capsules"), py::arg("names"), py::arg("moments"),

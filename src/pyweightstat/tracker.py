@@ -30,9 +30,9 @@ the records' own device work only (an event per record), never for training work
 them.  The plan follows the parameter objects found at the first record: if a parameter's
 storage moves (e.g. ``p.data = ...`` or ``model.to(...)``) the plan is rebuilt; replacing
 parameter objects (e.g. assigning a new submodule) is detected within 64 records and at every
-bulk copy, which then raise.  On the CPU each record is converted at once, straight from the
-engine's raw result to the store's columns (no Summary or Histogram objects: the per-object
-Python work was about nine tenths of a record's host time).
+bulk copy, which then raise.  On the CPU each record is one engine call that returns the
+store's columns (states, the total, the non-empty buckets) and is stored at once: no Summary or
+Histogram objects, whose Python work was most of a record's host time.
 """
 
 from __future__ import annotations
@@ -130,58 +130,71 @@ _HOST_KEY = object()  # the run key of host records
 
 
 def _host_record(tensors: list[Any], names: list[str], mantissa_bits: int | None) -> Any:
-    """The record of CPU ``tensors`` (None if one is not on the CPU): one engine call, then the
-    total and the non-empty buckets with a fixed number of NumPy operations, whatever the number
-    of tensors.  Equal, column for column, to converting ``describe_many(tensors, total=True,
-    mantissa_bits=mantissa_bits)`` (the total state is the same left fold of the states)."""
+    """The record of CPU ``tensors`` (None if one is not a CPU float tensor): one engine call that
+    returns the store's columns, the total included.  Equal, column for column, to converting
+    ``describe_many(tensors, total=True, mantissa_bits=mantissa_bits)`` (the total state is the
+    same left fold of the states, its histogram the sum of theirs)."""
     from . import _C
-    from .stats import _input
 
-    items = [_input.prepare(t, name) for t, name in zip(tensors, names, strict=True)]
-    if not items or any(p.device != "cpu" for p in items):
+    caps = _cpu_capsules(tensors)
+    if caps is None:
         return None
-    f, n, hists = _C.describe_cpu(
-        [_input.capsule(p) for p in items],
-        [p.name for p in items],
-        True,
-        0 if mantissa_bits is None else 2,  # the engine's HistKind: none or log
-        0,
-        [],
-        7 if mantissa_bits is None else mantissa_bits,
+    f, n, nnz, buckets, counts, flows = _C.describe_cpu_record(
+        caps, names, -1 if mantissa_bits is None else mantissa_bits
     )
-    ft, nt = _C.merge_state_rows(f, n)
-    f = np.concatenate([f, ft[None]])
-    n = np.concatenate([n, nt[None]])
-    p = len(items)
-    if mantissa_bits is None:
-        return _HostRecord(f, n, np.zeros(p + 1, np.int64), _EMPTY, _EMPTY, None)
-    firsts = np.array([h[0] for h in hists], np.int64)
-    windows = [h[1] for h in hists]
-    lengths = np.array([len(w) for w in windows], np.int64)
-    flows = np.array([h[2:] for h in hists], np.int64).reshape(p, len(_FLOW_FIELDS))
-    allc = np.concatenate(windows) if p else _EMPTY
-    nz = np.flatnonzero(allc)
-    start = np.cumsum(lengths) - lengths  # each window's offset in allc
-    slot = np.repeat(np.arange(p), lengths)[nz]
-    buckets = nz - start[slot] + firsts[slot]
-    counts = allc[nz]
-    nnz = np.bincount(slot, minlength=p).astype(np.int64)
-    # the total: every tensor's buckets added on the grid (integer sums, any order)
-    if len(buckets):
-        lo = int(buckets.min())
-        dense = np.zeros(int(buckets.max()) - lo + 1, np.int64)
-        np.add.at(dense, buckets - lo, counts)
-        tnz = np.flatnonzero(dense)
-        buckets = np.concatenate([buckets, tnz + lo])
-        counts = np.concatenate([counts, dense[tnz]])
-        nnz = np.append(nnz, len(tnz))
-    else:
-        nnz = np.append(nnz, 0)
-    flows = np.concatenate([flows, flows.sum(axis=0, keepdims=True)])
-    return _HostRecord(f, n, nnz, buckets, counts, flows)
+    return _HostRecord(f, n, nnz, buckets, counts, None if mantissa_bits is None else flows)
 
 
-_EMPTY = np.empty(0, np.int64)
+def _cpu_capsules(tensors: list[Any]) -> list[Any] | None:
+    """DLPack capsules of CPU float tensors for the engine, with the checks of
+    ``stats._input.prepare`` that a parameter can fail (None if one does, or if there are none;
+    the general path then reports it).  About 1 us per tensor instead of 10 (``prepare`` and
+    ``Tensor.__dlpack__``), which is most of a record's host time for models of many tensors."""
+    import torch
+    from torch.utils.dlpack import to_dlpack
+
+    floats = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    caps = []
+    for t in tensors:
+        if not isinstance(t, torch.Tensor) or not t.is_cpu or t.dtype not in floats:
+            return None
+        if t.requires_grad or t.is_neg() or t.is_conj():  # exported as is, these would be wrong
+            return None
+        caps.append(to_dlpack(t))
+    return caps or None
+
+
+def _module_structure(modules: list[Any]) -> list[tuple[Any, ...]]:
+    """What ``named_parameters()`` depends on in each of ``modules``: the names and objects of
+    its parameter and submodule slots (objects by identity: the snapshot keeps them alive, so
+    an id cannot be reused)."""
+    return [
+        (
+            tuple(m._parameters),
+            tuple(map(id, m._parameters.values())),
+            tuple(m._modules),
+            tuple(map(id, m._modules.values())),
+        )
+        for m in modules
+    ]
+
+
+def _params_snapshot(model: nn.Module, params: list[Any]) -> Any:
+    """``(modules, structure, params)`` that lets ``_current_params`` skip the walk of
+    ``named_parameters()`` (about 10 us per module) while no slot changes, or None when the
+    model does not list its parameters the standard way (e.g. it overrides
+    ``named_parameters``): the snapshot is used only if it gives the walk's list exactly."""
+    modules = [m for _, m in model.named_modules()]
+    seen: set[int] = set()
+    derived = []
+    for m in modules:  # named_parameters()'s own order and deduplication
+        for p in m._parameters.values():
+            if p is not None and id(p) not in seen:
+                seen.add(id(p))
+                derived.append(p)
+    if len(derived) != len(params) or any(a is not b for a, b in zip(derived, params, strict=True)):
+        return None
+    return modules, _module_structure(modules), list(params)
 
 
 def _run_key(payload: Any) -> Any:
@@ -381,6 +394,7 @@ class WeightTracker:
         self._plan_params: list[Any] = []
         self._plan_failed = False
         self._since_check = 0  # records since the plan's parameter objects were checked
+        self._params_snapshot: Any = None  # lets _current_params skip the module walk
         self.names: list[str] = [*names, TOTAL_NAME]
         self.num_steps = 0
         self._init_store()
@@ -516,6 +530,9 @@ class WeightTracker:
     def _current_params(self) -> list[Any]:
         """The model's parameters, checked against the names found at creation."""
         assert self._model is not None
+        snap = self._params_snapshot
+        if snap is not None and _module_structure(snap[0]) == snap[1]:
+            return list(snap[2])  # no module or parameter slot changed since the last walk
         params = []
         for i, (name, p) in enumerate(self._model.named_parameters()):
             if i >= len(self.names) - 1 or name != self.names[i]:
@@ -525,6 +542,7 @@ class WeightTracker:
             params.append(p)
         if len(params) != len(self.names) - 1:
             raise RuntimeError("the model's parameters changed since the tracker was created")
+        self._params_snapshot = _params_snapshot(self._model, params)
         return params
 
     def _flush(self) -> None:
@@ -935,6 +953,7 @@ class WeightTracker:
         tracker._model = None
         tracker._lazy = False
         tracker._plans, tracker._plan_params, tracker._plan_failed = {}, [], False
+        tracker._params_snapshot = None
         tracker._since_check = 0
         tracker.names = [str(n) for n in data["names"]]
         tracker.every = int(data["every"])
