@@ -269,7 +269,7 @@ def test_non_finite_weights() -> None:
 
 
 class _Mixed(nn.Module):
-    """Parameters of three dtypes (float32, float64, bfloat16), an empty one and special values."""
+    """Parameters of four dtypes, an empty one, a non-contiguous one and special values."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -278,6 +278,7 @@ class _Mixed(nn.Module):
         self.c = nn.Parameter(torch.randn(5, 6).to(torch.bfloat16))
         self.empty = nn.Parameter(torch.empty(0))
         self.d = nn.Parameter(torch.tensor([0.0, -0.0, 1e-42, -3e38, 2.0**-130, 5.0]))
+        self.e = nn.Parameter(torch.randn(4, 3, dtype=torch.float16).t())  # not contiguous
 
 
 @pytest.mark.parametrize("mantissa_bits", [0, 3, 10])
