@@ -42,9 +42,9 @@ py::tuple pack(const std::vector<cpu::DescribeOutput>& res, cpu::HistKind kind) 
   return py::make_tuple(rows[0], rows[1], hists);
 }
 
-py::tuple describe_cpu(const py::list& caps, const std::vector<std::string>& names, bool moments,
-                       int hist_kind, int64_t bins, const py::list& edges, int mantissa_bits) {
-  std::vector<ImportedTensor> imported = import_capsules(caps, names);
+// The views of imported host tensors (which must outlive them); a CUDA one is refused.
+std::vector<TensorView> cpu_views(const std::vector<ImportedTensor>& imported,
+                                  const std::vector<std::string>& names) {
   std::vector<TensorView> views;
   views.reserve(imported.size());
   for (size_t i = 0; i < imported.size(); ++i) {
@@ -55,6 +55,13 @@ py::tuple describe_cpu(const py::list& caps, const std::vector<std::string>& nam
     }
     views.push_back(imported[i].view);
   }
+  return views;
+}
+
+py::tuple describe_cpu(const py::list& caps, const std::vector<std::string>& names, bool moments,
+                       int hist_kind, int64_t bins, const py::list& edges, int mantissa_bits) {
+  const std::vector<ImportedTensor> imported = import_capsules(caps, names);
+  const std::vector<TensorView> views = cpu_views(imported, names);
   cpu::HistRequest req;
   req.kind = static_cast<cpu::HistKind>(hist_kind);
   req.bins = bins;
@@ -103,15 +110,8 @@ py::tuple merge_states(const py::array_t<double, py::array::c_style | py::array:
 // per-tensor Python objects.
 py::tuple describe_cpu_record(const py::list& caps, const std::vector<std::string>& names,
                               int mantissa_bits) {
-  std::vector<ImportedTensor> imported = import_capsules(caps, names);
-  std::vector<TensorView> views;
-  views.reserve(imported.size());
-  for (size_t i = 0; i < imported.size(); ++i) {
-    if (imported[i].view.device != DeviceKind::CPU) {
-      throw py::value_error(names.at(i) + " is on a CUDA device; the CPU engine reads host memory");
-    }
-    views.push_back(imported[i].view);
-  }
+  const std::vector<ImportedTensor> imported = import_capsules(caps, names);
+  const std::vector<TensorView> views = cpu_views(imported, names);
   if (views.empty()) throw py::value_error("describe_cpu_record needs at least one tensor");
   if (mantissa_bits > kMaxMantissaBits) throw py::value_error("mantissa_bits must be <= 10");
   cpu::HistRequest req;
