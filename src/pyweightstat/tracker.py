@@ -118,12 +118,12 @@ class _HostRecord:
 
     __slots__ = ("buckets", "counts", "f", "flows", "has_hist", "n", "nnz")
 
-    def __init__(self, f: Any, n: Any, nnz: Any, buckets: Any, counts: Any, flows: Any) -> None:
+    def __init__(
+        self, f: Any, n: Any, nnz: Any, buckets: Any, counts: Any, flows: Any, *, has_hist: bool
+    ) -> None:
         self.f, self.n, self.nnz = f, n, nnz
         self.buckets, self.counts, self.flows = buckets, counts, flows
-        self.has_hist = bool(flows is not None)
-        if flows is None:
-            self.flows = np.zeros((len(nnz), len(_FLOW_FIELDS)), np.int64)
+        self.has_hist = has_hist
 
 
 _HOST_KEY = object()  # the run key of host records
@@ -135,33 +135,13 @@ def _host_record(tensors: list[Any], names: list[str], mantissa_bits: int | None
     ``describe_many(tensors, total=True, mantissa_bits=mantissa_bits)`` (the total state is the
     same left fold of the states, its histogram the sum of theirs)."""
     from . import _C
+    from .stats._input import cpu_tensor_capsules
 
-    caps = _cpu_capsules(tensors)
+    caps = cpu_tensor_capsules(tensors)
     if caps is None:
         return None
-    f, n, nnz, buckets, counts, flows = _C.describe_cpu_record(
-        caps, names, -1 if mantissa_bits is None else mantissa_bits
-    )
-    return _HostRecord(f, n, nnz, buckets, counts, None if mantissa_bits is None else flows)
-
-
-def _cpu_capsules(tensors: list[Any]) -> list[Any] | None:
-    """DLPack capsules of CPU float tensors for the engine, with the checks of
-    ``stats._input.prepare`` that a parameter can fail (None if one does, or if there are none;
-    the general path then reports it).  About 1 us per tensor instead of 10 (``prepare`` and
-    ``Tensor.__dlpack__``), which is most of a record's host time for models of many tensors."""
-    import torch
-    from torch.utils.dlpack import to_dlpack
-
-    floats = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-    caps = []
-    for t in tensors:
-        if not isinstance(t, torch.Tensor) or not t.is_cpu or t.dtype not in floats:
-            return None
-        if t.requires_grad or t.is_neg() or t.is_conj():  # exported as is, these would be wrong
-            return None
-        caps.append(to_dlpack(t))
-    return caps or None
+    columns = _C.describe_cpu_record(caps, names, -1 if mantissa_bits is None else mantissa_bits)
+    return _HostRecord(*columns, has_hist=mantissa_bits is not None)
 
 
 def _module_structure(modules: list[Any]) -> list[tuple[Any, ...]]:

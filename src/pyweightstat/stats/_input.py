@@ -32,6 +32,11 @@ def _torch():
     return sys.modules.get("torch")
 
 
+def _torch_floats(torch: Any) -> tuple[Any, ...]:
+    """The torch dtypes the engine reads."""
+    return (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
 def _check_numpy(x: np.ndarray, name: str) -> np.ndarray:
     if x.dtype.kind != "f" or x.dtype.itemsize not in (2, 4, 8):
         raise TypeError(f"{name} has dtype {x.dtype}; accepted dtypes are {ACCEPTED_DTYPES}")
@@ -54,7 +59,7 @@ def prepare(x: Any, name: str) -> Prepared:
     """
     torch = _torch()
     if torch is not None and isinstance(x, torch.Tensor):
-        if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        if x.dtype not in _torch_floats(torch):
             raise TypeError(f"{name} has dtype {x.dtype}; accepted dtypes are {ACCEPTED_DTYPES}")
         if x.requires_grad:
             x = x.detach()
@@ -115,6 +120,28 @@ def capsule(p: Prepared, stream: int | None = None) -> Any:
         if isinstance(x, np.ndarray):
             return np.array(x, copy=True).__dlpack__()
         raise
+
+
+def cpu_tensor_capsules(tensors: Sequence[Any]) -> list[Any] | None:
+    """DLPack capsules of CPU float ``torch.Tensor`` objects that :func:`prepare` would pass
+    unchanged (no gradient, conjugate or negative bit), exported without its per-input work:
+    about 1 us each instead of 10 (``prepare``, ``capsule`` and ``Tensor.__dlpack__``).  None if
+    one of them is anything else, or if there are none: :func:`prepare` then says what is wrong.
+    Used by the CPU weight tracker, which reads the same parameters at every record."""
+    torch = _torch()
+    if torch is None:
+        return None
+    from torch.utils.dlpack import to_dlpack
+
+    floats = _torch_floats(torch)
+    caps = []
+    for t in tensors:
+        if not isinstance(t, torch.Tensor) or not t.is_cpu or t.dtype not in floats:
+            return None
+        if t.requires_grad or t.is_neg() or t.is_conj():  # prepare would convert these
+            return None
+        caps.append(to_dlpack(t))
+    return caps or None
 
 
 def prepare_many(xs: Iterable[Any] | Any, name: str = "xs") -> list[Prepared]:
