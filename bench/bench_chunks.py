@@ -1,9 +1,10 @@
 """Work-split sweep of the CUDA moments pass: chunk length, merge group and merge place.
 
 At 10^8 values a pass has about 30 us of fixed cost (about 14 us inside the fused kernel, 15-17 us
-after it), which decides whether the 10^8 rows meet the bandwidth target. The work split that
-shapes it is fixed in a build (65,536-value chunks, chunk states merged in groups of 256 by a
-merge kernel), but the CUDA launcher reads these environment variables once per process:
+after it, H200 2026-11-27 with 2^16-value chunks), which decides whether the 10^8 rows meet the
+bandwidth target. The work split that shapes it is fixed in a build (chunks of 2^16 to 2^18 values
+by tensor length, ``d`` below; chunk states merged in groups of 256 by a merge kernel), but the
+CUDA launcher reads these environment variables once per process:
 
 * ``PWS_CUDA_CHUNK``: values per work item (one block of the fused kernel), a power of two from
   2^12 to 2^23;
@@ -26,7 +27,7 @@ settings with the fastest bfloat16 passes at the largest swept size run again at
 whether a split that helps at 10^8 costs the 10^9 rows::
 
     python bench/bench_chunks.py --out bench/results --sizes 1e8,1e9 \\
-        --settings c16/256/kernel,w1/4096/kernel,w1/4096/inline
+        --settings d/256/kernel,c16/256/kernel,w1/4096/kernel
 """
 
 from __future__ import annotations
@@ -56,25 +57,27 @@ from bench_stats import (
 
 import pyweightstat as pws
 
-DEFAULT_CHUNK_LOG2, DEFAULT_GROUP = 16, 256  # the build's work split (csrc/cuda/describe_cuda.h)
+DEFAULT_GROUP = 256  # the build's merge group (csrc/cuda/describe_cuda.h)
 BLOCKS_PER_SM = 4  # resident blocks of the moments kernels (kMinBlocks in describe_cuda.cu)
-# split/group/merge: the default first; chunk lengths; a one-level merge; one and two waves of
-# blocks, with the merge kernel or inside the fused kernel
+# split/group/merge: the default first (the build's chunk-length rule); fixed chunk lengths (2^16
+# was the default until 2026-11-27); the rule with a one-level merge of up to 512 chunk states;
+# one wave of blocks, with the merge kernel or inside the fused kernel
 DEFAULT_SETTINGS = (
+    "d/256/kernel",
     "c16/256/kernel",
-    "c15/256/kernel",
     "c17/256/kernel",
     "c18/256/kernel",
-    "c16/4096/kernel",
+    "d/512/kernel",
     "w1/4096/kernel",
     "w1/4096/inline",
-    "w2/4096/kernel",
-    "w2/4096/inline",
 )
 
 
 def split_env(split: str, sms: int) -> dict[str, str]:
-    """The environment of a split: ``cK`` chunks of 2^K values, ``wK`` K waves of blocks."""
+    """The environment of a split: ``d`` the build's rule, ``cK`` chunks of 2^K values, ``wK``
+    K waves of blocks."""
+    if split == "d":
+        return {}
     kind, k = split[0], int(split[1:])
     if kind == "c":
         return {"PWS_CUDA_CHUNK": str(1 << k)}
@@ -130,12 +133,19 @@ def child(sizes: list[int], dtypes: list[str], repeat: int) -> list[dict[str, An
 
 def work_items(n: int, split: str, sms: int) -> int:
     """Blocks of the fused kernel for one tensor of n values (chunk_of in describe_cuda.cu)."""
-    if split[0] == "c":
+    if split == "d":
+        chunk = int(pws._C.cuda_chunk_length(n))
+    elif split[0] == "c":
         chunk = 1 << int(split[1:])
     else:
         per = -(-n // (int(split[1:]) * sms * BLOCKS_PER_SM))
         chunk = min(max(4096, -(-per // 512) * 512), 1 << 23)
     return -(-n // chunk)
+
+
+def blocks_chunk_log2(n: int) -> int:
+    """log2 of the chunk length the build's rule gives a tensor of n values."""
+    return int(pws._C.cuda_chunk_length(n)).bit_length() - 1
 
 
 def best_settings(
@@ -157,9 +167,9 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """The sweep as a Markdown table, one row per setting, dtype and size."""
     out = [
         f"Work-split sweep of the CUDA moments pass on {meta['device']}, torch {meta['torch']}, "
-        f"{meta['date']} (bench/bench_chunks.py). Default split: chunk 2^{DEFAULT_CHUNK_LOG2}, "
-        f"merge group {DEFAULT_GROUP}, merge kernel. With the inline merge, the fused kernel's "
-        "time includes the merge.",
+        f"{meta['date']} (bench/bench_chunks.py). Default split: the build's chunk-length rule "
+        f"(2^16 to 2^18 values by tensor length), merge group {DEFAULT_GROUP}, merge kernel. With "
+        "the inline merge, the fused kernel's time includes the merge.",
         "",
         "| dtype | n | split | merge group | merge | blocks | pass (us) | % of copy bandwidth "
         "| fused kernel (us) | after it (us) | log histogram m=7 (us) "
@@ -191,7 +201,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--settings",
         default=",".join(DEFAULT_SETTINGS),
-        help="split/group/merge, comma-separated (split cK: chunks of 2^K values; wK: K waves)",
+        help="split/group/merge, comma-separated (split d: the build's rule; cK: chunks of 2^K "
+        "values; wK: K waves)",
     )
     p.add_argument("--repeat", type=int, default=20, help="timed runs per measurement")
     p.add_argument(
@@ -245,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     def run(setting: tuple[str, int, str], sizes_arg: str) -> None:
         """Time one setting at ``sizes_arg`` in a child process; add its rows; save the tables."""
         split, group, merge = setting
-        env = dict(os.environ, **split_env(split, sms))
+        fixed = ("PWS_CUDA_CHUNK", "PWS_CUDA_BLOCKS")  # the setting's split alone
+        env = {k: v for k, v in os.environ.items() if k not in fixed}
+        env.update(split_env(split, sms))
         env.update(PWS_CUDA_MERGE_GROUP=str(group), PWS_CUDA_MERGE=merge)
         cmd = [sys.executable, __file__, "--child", "--sizes", sizes_arg, "--dtypes", args.dtypes]
         cmd += ["--repeat", str(args.repeat)]
@@ -255,7 +268,12 @@ def main(argv: list[str] | None = None) -> int:
             return
         for row in json.loads(r.stdout.strip().splitlines()[-1]):
             blocks = work_items(row["n"], split, sms)
-            label = f"chunk 2^{split[1:]}" if split[0] == "c" else f"{split[1:]} wave(s)"
+            if split == "d":
+                label = f"rule: 2^{blocks_chunk_log2(row['n'])}"
+            elif split[0] == "c":
+                label = f"chunk 2^{split[1:]}"
+            else:
+                label = f"{split[1:]} wave(s)"
             rows.append(
                 {"split": split, "split_label": label, "group": group, "merge": merge}
                 | {"blocks": blocks, **row}

@@ -253,3 +253,29 @@ def test_refused_inputs_name_the_problem() -> None:
         _C.fetch_many([None])
     with pytest.raises(TypeError, match="dtype"):
         pws.describe(FakeCuda(torch.zeros(3, dtype=torch.int32)))
+
+
+def test_chunk_length_rule() -> None:
+    # describe_cuda.h: chunks of 2^16 values, of 2^17 or 2^18 for a tensor that keeps at least 320
+    # chunks of that length, but 2^16 in a request with a uniform histogram; PWS_CUDA_CHUNK (when
+    # the outer test sets it) fixes one length for all.
+    base, big, least = 1 << 16, 1 << 18, 320
+    assert (_C.CUDA_CHUNK, _C.CUDA_BIG_CHUNK, _C.CUDA_MIN_TENSOR_CHUNKS) == (base, big, least)
+    fixed = os.environ.get("PWS_CUDA_CHUNK")
+    cases = [0, 1, 1000, base, 10_000_000, 30_000_000, 50_000_000, 10**8, 10**9, 1 << 40]
+    cases += [least * c + d for c in (1 << 17, 1 << 18, 1 << 19) for d in (-1, 0, 1)]
+    for n in cases:
+        if fixed is not None:
+            want = int(fixed)
+        else:  # the longest length that still gives `least` whole chunks, at most 2^18
+            want = max([base] + [c for c in (1 << 17, 1 << 18) if n >= least * c])
+        assert _C.cuda_chunk_length(n) == want, (n, fixed)
+        uniform = base if fixed is None else int(fixed)
+        assert _C.cuda_chunk_length(n, uniform_histogram=True) == uniform, (n, fixed)
+    if fixed is None:  # the sizes of the benchmarks: 382 chunks of 2^18 for 10^8 values
+        assert [-(-n // _C.cuda_chunk_length(n)) for n in (10**7, 5 * 10**7, 10**8, 10**9)] == [
+            153,
+            382,
+            382,
+            3815,
+        ]

@@ -26,6 +26,7 @@ from cuda_cases import (
 from stats_checks import assert_summary_matches, full_log_counts
 
 import pyweightstat as pws
+from pyweightstat import _C
 from pyweightstat.stats import api
 from pyweightstat.stats.reference import (
     ref_histogram,
@@ -279,6 +280,34 @@ def test_two_level_merge_of_large_tensors(kw: dict) -> None:
     assert_summary_matches(total, ref_moments(allx), "total")
 
 
+@pytest.fixture(scope="module")
+def long_chunk_inputs() -> list[tuple[torch.Tensor, dict]]:
+    # From 320 x 2^17 values on, a tensor is cut in chunks of 2^17, from 320 x 2^18 in chunks of
+    # 2^18 values (describe_cuda.h chunk_length); 10^8 values: 382 chunks, merged in two levels.
+    # With a uniform histogram the chunks stay at 2^16 values.
+    sizes = [(320 << 17, torch.bfloat16), (50_000_017, torch.float32), (10**8 + 7, torch.bfloat16)]
+    assert [_C.cuda_chunk_length(n) for n, _ in sizes] == [1 << 17, 1 << 17, 1 << 18]
+    assert {_C.cuda_chunk_length(n, uniform_histogram=True) for n, _ in sizes} == {1 << 16}
+    xs = [_data(n, dtype, seed=n) for n, dtype in sizes]
+    xs[1][(1 << 17) - 1 : (1 << 17) + 2] = torch.tensor([float("nan"), float("inf"), 0.0])
+    return [(x, ref_moments(x)) for x in xs]
+
+
+@pytest.mark.parametrize("kw", [{}, {"mantissa_bits": 7}, {"bins": 64}])
+def test_longer_chunks_of_large_tensors(kw: dict, long_chunk_inputs: list) -> None:
+    xs = [x for x, _ in long_chunk_inputs]
+    res = pws.describe_many(xs, **kw)
+    for (x, ref), s in zip(long_chunk_inputs, res, strict=True):
+        assert_summary_matches(s, ref, f"{x.dtype} n={x.numel()}")
+        c = pws.describe(x.cpu(), **kw)
+        for name in ("count", "nan_count", "posinf_count", "neginf_count", "zero_count"):
+            assert getattr(s, name) == getattr(c, name), name
+        assert (s.min, s.max) == (c.min, c.max)
+        if kw:
+            assert s.hist == c.hist
+        _assert_same_summary(s, pws.describe(x, **kw))  # one tensor alone: the same launch shape
+
+
 # ------------------------------------------------------------------------------ many tensors
 def _param_list() -> list[torch.Tensor]:
     # > 200 tensors (two launches), mixed dtypes, sizes and layouts, with empties.
@@ -468,8 +497,6 @@ def test_reading_results_during_capture_raises() -> None:
 # ------------------------------------------------------------------------------ distances
 @pytest.mark.parametrize("metric", range(5))
 def test_pairwise_distances_cuda_matches_cpu(metric: int) -> None:
-    from pyweightstat import _C
-
     rng = np.random.default_rng(metric)
     counts = rng.integers(0, 50, size=(37, 300)).astype(np.int64)
     counts[:, :10] = 0

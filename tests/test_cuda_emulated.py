@@ -233,6 +233,11 @@ def test_cuda_bindings_on_the_emulator(emu_module: Path) -> None:
     _run_inner(emu_module, [], {})
 
 
+def test_chunk_length_follows_the_environment(emu_module: Path) -> None:
+    # the default rule is checked above; PWS_CUDA_CHUNK replaces it by one length for every tensor
+    _run_inner(emu_module, ["-k", "chunk_length"], {"PWS_CUDA_CHUNK": "4096"})
+
+
 def test_cuda_bindings_under_address_and_undefined_behaviour_sanitizers(
     emu_module_sanitized: Path,
 ) -> None:

@@ -741,7 +741,14 @@ void register_cuda(py::module_& m) {
         "pairwise_distances computed on a GPU (synchronous): K x K distances between the rows of "
         "a host (K, B) int64 count matrix. Metric codes: 0 wasserstein, 1 ks, 2 js, 3 hellinger, "
         "4 tv.");
+  m.def("cuda_chunk_length", &cu::chunk_length, py::arg("numel"),
+        py::arg("uniform_histogram") = false,
+        "Values per work item (one block of the fused kernel) for a CUDA tensor of `numel` values "
+        "under this process's work split (PWS_CUDA_CHUNK / PWS_CUDA_BLOCKS, read once), in a "
+        "request without (default) or with a uniform histogram. Host only.");
   m.attr("CUDA_CHUNK") = cu::kChunk;
+  m.attr("CUDA_BIG_CHUNK") = cu::kBigChunk;
+  m.attr("CUDA_MIN_TENSOR_CHUNKS") = cu::kMinTensorChunks;
 }
 
 }  // namespace pws::bind

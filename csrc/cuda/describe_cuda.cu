@@ -8,7 +8,7 @@
 //   histogram.cuh      uniform and log-linear counters in shared or global memory
 //   merge.cuh          merge of the chunk states per tensor, data-range edges, the total
 //
-// Work items are (tensor, chunk of kChunk values, or of work_split().chunk); block b finds its
+// Work items are (tensor, chunk of chunk_length(numel) values); block b finds its
 // tensor by binary search in the launch's table (a __grid_constant__ parameter, so no
 // host-to-device copy per call). Each thread accumulates shifted power sums of its values (shift =
 // its first finite value; short runs summed in the input precision, then added into float64, as the
@@ -343,7 +343,12 @@ int32_t kernel_kind(const Entry& e) {
 // Work items of a tensor: an empty one has one too, whose block stores its (identity) state.
 // Values per work item of a tensor of numel values.
 int64_t chunk_of(int64_t numel, const WorkSplit& w) {
-  if (w.blocks == 0) return w.chunk;
+  if (w.blocks == 0 && w.chunk > 0) return w.chunk;
+  if (w.blocks == 0) {
+    int64_t c = kChunk;
+    while (w.long_chunks && c < kBigChunk && numel / (2 * c) >= kMinTensorChunks) c *= 2;
+    return c;
+  }
   constexpr int64_t kQuantum = 512;  // keeps chunk starts 16-byte aligned for every dtype
   const int64_t c = (numel + w.blocks - 1) / w.blocks;
   return std::min(std::max(kMinChunk, (c + kQuantum - 1) / kQuantum * kQuantum), kMaxChunk);
@@ -385,8 +390,15 @@ bool merge_mode_from_env() {
                               " is not \"kernel\" or \"inline\"");
 }
 
-std::vector<EntryTable> make_tables(const std::vector<Entry>& entries) {
-  const WorkSplit w = work_split();
+// The work split of a request: chunks longer than kChunk only without a uniform histogram
+// (describe_cuda.h, kBigChunk).
+WorkSplit split_for(const Request& req) {
+  WorkSplit w = work_split();
+  w.long_chunks = req.hist_kind != kHistUniform;
+  return w;
+}
+
+std::vector<EntryTable> make_tables(const std::vector<Entry>& entries, const WorkSplit& w) {
   std::vector<EntryTable> tables;
   int64_t chunk_base = 0;
   int64_t total_chunks = 0;  // group states follow the chunk states of every table
@@ -437,11 +449,17 @@ std::vector<EntryTable> make_tables(const std::vector<Entry>& entries) {
 // ---------------------------------------------------------------- public launchers
 WorkSplit work_split() {
   static const WorkSplit split{
-      split_from_env("PWS_CUDA_CHUNK", kChunk, kMinChunk, kMaxChunk, true),
+      split_from_env("PWS_CUDA_CHUNK", 0, kMinChunk, kMaxChunk, true),
       split_from_env("PWS_CUDA_BLOCKS", 0, 1, int64_t(1) << 20, false),
       split_from_env("PWS_CUDA_MERGE_GROUP", kMergeGroup, 2, kMaxMergeGroup, false),
       merge_mode_from_env()};
   return split;
+}
+
+int64_t chunk_length(int64_t numel, bool uniform_histogram) {
+  Request req;
+  req.hist_kind = uniform_histogram ? kHistUniform : kHistNone;
+  return chunk_of(numel, split_for(req));
 }
 
 Layout make_layout(const std::vector<int64_t>& numels, const Request& req) {
@@ -451,7 +469,7 @@ Layout make_layout(const std::vector<int64_t>& numels, const Request& req) {
   if (req.hist_kind == kHistLog) L.nb = log_num_buckets(req.mantissa_bits);
   L.record = req.hist_kind == kHistNone ? 0 : kHistHeader + L.nb;
   if (req.hist_kind == kHistUniform) L.edge_arrays = req.edge_mode == kEdgesRange ? 1 : L.tensors;
-  const WorkSplit w = work_split();
+  const WorkSplit w = split_for(req);
   for (int64_t n : numels) {
     L.chunks += chunks_of(n, w);
     L.groups += groups_of(n, w);
@@ -494,7 +512,7 @@ void launch_describe(const std::vector<Entry>& entries, const Request& req, cons
           cudaMemcpyHostToDevice, s));
     }
   }
-  const std::vector<EntryTable> tables = make_tables(entries);
+  const std::vector<EntryTable> tables = make_tables(entries, split_for(req));
   const size_t smem = p.shared_hist ? shared_hist_bytes(req) : 0;
   if (req.hist_kind == kHistUniform && req.edge_mode == kEdgesData) {
     for (const EntryTable& tab : tables) {
