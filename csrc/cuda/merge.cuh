@@ -62,11 +62,25 @@ __device__ __forceinline__ MomentState load_state_cg(const MomentState* q) {
 }
 
 // Merge src[0..n) in a fixed order (thread t: src[t], src[t + kThreads], ...; then the warps'
-// shuffle trees, then the 8 warp states); the result is valid in thread 0. Called by all threads.
+// shuffle trees, then the 8 warp states); the result is valid in thread 0. Called by all threads
+// (n is block-uniform). At most 32 states (a tensor of up to 32 chunks, a tensor's merge groups,
+// a few tensors' total) are merged by warp 0 alone in ceil(log2 n) shuffle levels instead of 8:
+// the levels left out would each merge only identity states into the states that reach lane 0,
+// which leaves every bit of them as it is, so the result is the same as the full tree's.
 __device__ MomentState block_merge_states(const MomentState* src, int64_t n,
                                           MomentState* warp_states) {
   const int tid = static_cast<int>(threadIdx.x);
   const int lane = tid & 31, warp = tid >> 5;
+  if (n <= 32) {
+    MomentState r = moment_identity();
+    if (warp == 0) {
+      if (lane < n) moment_merge(r, load_state_cg(src + lane));  // as below: into the identity
+      int first = 1;
+      while (2 * first < n) first *= 2;
+      if (n > 1) r = warp_merge(r, first);
+    }
+    return r;
+  }
   MomentState s = moment_identity();
   for (int64_t i = tid; i < n; i += kThreads) moment_merge(s, load_state_cg(src + i));
   s = warp_merge(s);
