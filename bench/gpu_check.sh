@@ -5,19 +5,22 @@
 #   PWS_GPU_SKIP="test_cpu study_smoke" PWS_BENCH_ARGS="--sizes 1e9" OUT=... bash bench/gpu_check.sh
 #
 # Needs python3 with PyTorch (CUDA), CMake, ninja, pybind11, scikit-build-core, pytest, numpy,
-# scipy and hypothesis installed, and nvcc (CUDA 13). Steps (each logged to $OUT/<step>.log, each
-# under a timeout; a failing step is recorded and the script goes on):
-#   1. nvidia-smi                      -> $OUT/nvidia-smi.txt
-#   2. build + install for sm_90       -> $OUT/build.log   (pip --no-build-isolation, timed)
+# scipy and hypothesis installed, and nvcc (CUDA 13). Steps (each logged to <step>.log in
+# $OUT/logs.tar.gz, each under a timeout; a failing step is recorded and the script goes on):
+#   1. nvidia-smi                      -> nvidia-smi.txt
+#   2. build + install for sm_90       -> build.log   (pip --no-build-isolation, timed)
 #   3. pytest -m cuda tests/test_cuda.py, then a CPU sanity subset
-#   4. bench/bench_stats.py --device cuda -> $OUT/bench_results/ (JSON + Markdown), then
+#   4. bench/pass_timeline.py (the GPU activities of one pass), bench/bench_stats.py --device cuda
+#      -> $OUT/bench_results/ (JSON + Markdown), then
 #      bench/bench_chunks.py (the work-split sweep at 10^8, then its two fastest bfloat16 settings
 #      and the default at 10^9; PWS_CHUNK_ARGS) beside it
 #   5. pyweightstat-run on the smoke preset with --device cuda (MNIST from .carry/data)
 #   6. $OUT/gpu_check.json: step statuses and times, GPU, driver, torch and CUDA versions
-# Everything together takes about 8-9 minutes on an H100 (build 1.5, CUDA tests 2, benchmark 2,
-# work-split sweep 2-3, written after every setting): give the device call a limit near its
-# 10-minute maximum (PWS_GPU_SKIP="test_cpu study_smoke"), or skip steps.
+# Step times vary between machines of one kind: on two H200 starts of one session the build took
+# 77 and 143 s, the CUDA tests 86 and 132 s, the benchmark 70 and 85 s, the timeline 9 s. The
+# work-split sweep takes what is left before PWS_GPU_DEADLINE_S (default 540 s from the start):
+# give the device call that deadline plus about 40 s as its limit, and count a minute or more for
+# the machine's start against the session's device time (PWS_GPU_SKIP="test_cpu study_smoke").
 set -u
 set -o pipefail
 
@@ -25,30 +28,48 @@ OUT="${OUT:-$PWD/gpu_check_out}"
 mkdir -p "$OUT"
 REPO="$PWD"
 PY="${PYTHON:-python3}"
-STATUS_FILE="$OUT/.steps.tsv"
+T_START=$(date +%s)
+# The device tool brings back at most 8 files: step logs go to $LOGS, packed into
+# $OUT/logs.tar.gz after every step and every 20 s in between, so that a call cut short by its time
+# limit still brings back what ran. $OUT keeps logs.tar.gz, gpu_check.json, summary.txt and the
+# benchmarks' own JSON/Markdown (bench_results/, written as they go).
+LOGS=/tmp/pws_gpu_logs
+rm -rf "$LOGS" && mkdir -p "$LOGS"
+STATUS_FILE="$LOGS/steps.tsv"
 : > "$STATUS_FILE"
+pack() {
+  local tmp="/tmp/pws_logs.$BASHPID.tar.gz"  # the background packer's and the script's own apart
+  tar -czf "$tmp" -C "$LOGS" . 2>/dev/null && mv -f "$tmp" "$OUT/logs.tar.gz"
+}
+(while sleep 20; do pack; done) &
+PACKER=$!
+# PWS_GPU_DEADLINE_S (default 540): seconds from the start by which the script should be done; the
+# work-split sweep gets what is left of it (less 20 s for the summary), so give the device call
+# this plus the machine's start (a minute or more).
+DEADLINE=$((T_START + ${PWS_GPU_DEADLINE_S:-540}))
 
 # Steps named in PWS_GPU_SKIP (space-separated, e.g. "test_cpu study_smoke") are skipped, and
 # PWS_BENCH_ARGS is passed to bench_stats.py (e.g. "--sizes 1e9 --dtypes float32"): a short
 # device budget can then go to the build, the CUDA tests and the part of the benchmark at hand.
 PWS_GPU_SKIP="${PWS_GPU_SKIP:-}"
-# run_step NAME TIMEOUT_S COMMAND...: log to $OUT/NAME.log, record "name rc seconds".
+# run_step NAME TIMEOUT_S COMMAND...: log to $LOGS/NAME.log, record "name rc seconds", pack.
 run_step() {
   local name="$1" limit="$2"
   shift 2
   if [[ " $PWS_GPU_SKIP " == *" $name "* ]]; then
-    echo "=== [$name] skipped (PWS_GPU_SKIP)" | tee "$OUT/$name.log"
+    echo "=== [$name] skipped (PWS_GPU_SKIP)" | tee "$LOGS/$name.log"
     return 0
   fi
-  echo "=== [$name] $*" | tee "$OUT/$name.log"
+  echo "=== [$name] $*" | tee "$LOGS/$name.log"
   local t0 t1 rc
   t0=$(date +%s%N)
-  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$OUT/$name.log"
+  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOGS/$name.log"
   rc=${PIPESTATUS[0]}
   t1=$(date +%s%N)
   printf '%s\t%s\t%d.%d\n' "$name" "$rc" $(((t1 - t0) / 1000000000)) \
     $((((t1 - t0) / 100000000) % 10)) >> "$STATUS_FILE"
-  echo "=== [$name] exit $rc" | tee -a "$OUT/$name.log"
+  echo "=== [$name] exit $rc" | tee -a "$LOGS/$name.log"
+  pack
   return 0
 }
 
@@ -56,7 +77,7 @@ step_ok() { awk -v n="$1" '$1 == n && $2 == 0 {ok = 1} END {exit !ok}' "$STATUS_
 
 # 1. the GPU
 run_step nvidia-smi 30 nvidia-smi
-cp "$OUT/nvidia-smi.log" "$OUT/nvidia-smi.txt"
+cp "$LOGS/nvidia-smi.log" "$LOGS/nvidia-smi.txt"
 
 # 2. build from a clean copy of the sources (no in-tree build files, no host-built _C module)
 SRC=/tmp/pws_gpu_check_src
@@ -77,14 +98,19 @@ run_step build 300 bash -c "$(declare -f build); SRC='$SRC' PY='$PY' build"
 # 3. tests (the installed package; -P keeps the source tree's pyweightstat/ off sys.path)
 if step_ok build; then
   run_step test_cuda 180 "$PY" -P -m pytest -m cuda -q -p no:cacheprovider tests \
-    --durations=10 --junitxml="$OUT/test_cuda.xml"
+    --durations=10 --junitxml="$LOGS/test_cuda.xml"
   cpu_tests=()
   for f in tests/test_moments.py tests/test_histogram.py; do [ -f "$f" ] && cpu_tests+=("$f"); done
   if [ ${#cpu_tests[@]} -gt 0 ]; then
     run_step test_cpu 120 "$PY" -P -m pytest -q -x -p no:cacheprovider -m "not slow" \
       "${cpu_tests[@]}"
   fi
-  # 4. benchmark (writes JSON + Markdown)
+  # 4. where a pass's device time goes: every GPU activity of one call (torch.profiler)
+  if [ -f bench/pass_timeline.py ]; then
+    # its files travel in logs.tar.gz (at most 8 files come back from a device call)
+    run_step timeline 60 "$PY" bench/pass_timeline.py --out "$LOGS/timeline"
+  fi
+  # 4a. benchmark (writes JSON + Markdown)
   if [ -f bench/bench_stats.py ]; then
     mkdir -p "$OUT/bench_results"
     # shellcheck disable=SC2086 # PWS_BENCH_ARGS is a list of arguments
@@ -92,19 +118,22 @@ if step_ok build; then
       ${PWS_BENCH_ARGS:-}
   fi
   # 4b. work-split sweep of the moments pass (chunk length x merge group; JSON + Markdown)
-  if [ -f bench/bench_chunks.py ]; then
+  left=$((DEADLINE - $(date +%s) - 20))
+  if [ -f bench/bench_chunks.py ] && [ "$left" -ge 30 ]; then
     # shellcheck disable=SC2086 # PWS_CHUNK_ARGS is a list of arguments
-    run_step chunks 270 "$PY" bench/bench_chunks.py --out "$OUT/bench_results" --budget-s 240 \
-      ${PWS_CHUNK_ARGS:-}
+    run_step chunks $((left + 30)) "$PY" bench/bench_chunks.py --out "$OUT/bench_results" \
+      --budget-s "$left" ${PWS_CHUNK_ARGS:-}
+  elif [ -f bench/bench_chunks.py ]; then
+    echo "=== [chunks] skipped: ${left} s left before PWS_GPU_DEADLINE_S" | tee "$LOGS/chunks.log"
   fi
   # 5. the study's main command on the GPU (smoke preset, MNIST carried in .carry/data)
   if [ -d .carry/data/mnist ]; then
     run_step study_smoke 120 "$PY" -P -m pyweightstat.cli --datasets mnist --families dnn,cnn,vit \
       --preset smoke --device cuda --out /tmp/pws_study_smoke --data-dir .carry/data
-    cp /tmp/pws_study_smoke/report.md "$OUT/study_smoke_report.md" 2>/dev/null || true
+    cp /tmp/pws_study_smoke/report.md "$LOGS/study_smoke_report.md" 2>/dev/null || true
   fi
 else
-  echo "build failed: tests and benchmark skipped" | tee "$OUT/skipped.txt"
+  echo "build failed: tests and benchmark skipped" | tee "$LOGS/skipped.txt"
 fi
 
 # 6. summary
@@ -144,13 +173,7 @@ for s in steps:
     print(f"{s['step']:<12} {'ok' if s['ok'] else 'FAIL ' + str(s['rc']):<8} {s['seconds']:>8.1f}")
 PYEOF
 
-# The device tool brings back at most 8 files: pack the logs into one archive and keep the
-# summary, the JSON and the benchmark's own JSON/Markdown beside it.
-(
-  cd "$OUT" &&
-    tar -czf /tmp/pws_logs.tar.gz --exclude=gpu_check.json --exclude=summary.txt \
-      --exclude=bench_results . &&
-    find . -maxdepth 1 -type f ! -name gpu_check.json ! -name summary.txt -delete &&
-    mv /tmp/pws_logs.tar.gz logs.tar.gz
-)
-ls -la "$OUT" "$OUT/bench_results" 2>/dev/null
+kill "$PACKER" 2>/dev/null
+wait "$PACKER" 2>/dev/null
+pack
+ls -la "$OUT" "$OUT/bench_results" 2>/dev/null || true
