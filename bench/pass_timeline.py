@@ -48,6 +48,12 @@ def gpu_events(fn: Any, repeat: int, lead_cycles: int) -> list[list[dict[str, An
         path = Path(d) / "trace.json"
         prof.export_chrome_trace(str(path))
         trace = json.loads(path.read_text())
+    return calls_from_trace(trace)
+
+
+def calls_from_trace(trace: dict[str, Any]) -> list[list[dict[str, Any]]]:
+    """The GPU activities of a Chrome trace in time order, cut into calls at each sleep kernel:
+    one list per call, the sleep kernel first (calls with nothing after it are dropped)."""
     evs = [
         e
         for e in trace.get("traceEvents", [])

@@ -1,0 +1,72 @@
+"""Host-side logic of the GPU benchmark scripts in ``bench/`` (their GPU parts need a device)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str) -> object:
+    sys.path.insert(0, str(BENCH))  # the scripts import their siblings
+    try:
+        spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _kernel(name: str, ts: float, dur: float, cat: str = "kernel") -> dict:
+    return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur}
+
+
+def test_pass_timeline_reads_gaps_and_durations_from_a_trace() -> None:
+    pt = _load("pass_timeline")
+    spin = "at::cuda::spin_kernel(long)"
+    events = []
+    # three calls: sleep kernel, then the fused and merge kernels, with known gaps and lengths
+    for k, (gap0, fused, gap1, merge) in enumerate(
+        [(2.0, 60.0, 1.0, 5.0), (3.0, 62.0, 1.0, 4.0), (2.5, 61.0, 2.0, 6.0)]
+    ):
+        t = 10_000.0 * k
+        events.append(_kernel(spin, t, 1000.0))
+        f0 = t + 1000.0 + gap0
+        events.append(_kernel("fused_kernel<2, true, 0>", f0, fused))
+        events.append(_kernel("merge_kernel", f0 + fused + gap1, merge))
+    # noise the parser must skip: host events, a CPU op, a marker without duration fields
+    events += [{"ph": "X", "cat": "cpu_op", "name": "aten::sum", "ts": 5.0, "dur": 3.0}]
+    events += [{"ph": "i", "cat": "kernel", "name": "instant", "ts": 7.0}]
+    events.append(_kernel(spin, 50_000.0, 1000.0))  # a trailing sleep with nothing after it
+    calls = pt.calls_from_trace({"traceEvents": list(reversed(events))})
+    assert len(calls) == 3 and all(len(c) == 3 for c in calls)
+    s = pt.summarize(calls)
+    assert s["calls"] == 3
+    (fused, merge) = s["activities"]
+    assert fused["name"].startswith("fused_kernel") and merge["name"] == "merge_kernel"
+    assert fused["gap_us"] == pytest.approx(2.5) and fused["dur_us"] == pytest.approx(61.0)
+    assert merge["gap_us"] == pytest.approx(1.0) and merge["dur_us"] == pytest.approx(5.0)
+    # span from the sleep kernel's end to the merge kernel's end: 68, 70, 71.5
+    assert s["span_us"] == pytest.approx(70.0)
+
+
+def test_pass_timeline_keeps_the_common_shape() -> None:
+    # a call with an extra activity (e.g. a one-off allocation memset) is left out of the medians
+    pt = _load("pass_timeline")
+    spin = "spin_kernel"
+    calls = []
+    for k in range(3):
+        t = 1000.0 * k
+        c = [{"name": spin, "ts": t, "dur": 100.0}, {"name": "a", "ts": t + 101.0, "dur": 10.0}]
+        if k == 1:
+            c.append({"name": "Memset (Device)", "ts": t + 112.0, "dur": 2.0})
+        calls.append(c)
+    s = pt.summarize(calls)
+    assert s["calls"] == 2 and [a["name"] for a in s["activities"]] == ["a"]
+    assert s["span_us"] == pytest.approx(11.0)
