@@ -8,7 +8,8 @@
 # scipy and hypothesis installed, and nvcc (CUDA 13). Steps (each logged to <step>.log in
 # $OUT/logs.tar.gz, each under a timeout; a failing step is recorded and the script goes on):
 #   1. nvidia-smi                      -> nvidia-smi.txt
-#   2. build + install for sm_90       -> build.log   (pip --no-build-isolation, timed)
+#   2. build + install for sm_90       -> build.log   (pip --no-build-isolation, timed); then
+#      bench/launch_cost.cu (a launch's device cost by parameter size) -> launch_cost.{log,json}
 #   3. pytest -m cuda tests/test_cuda.py, then a CPU sanity subset
 #   4. bench/pass_timeline.py (the GPU activities of one pass), bench/bench_stats.py --device cuda
 #      -> $OUT/bench_results/ (JSON + Markdown), then
@@ -94,6 +95,12 @@ build() {
     cd /tmp && "$PY" -c "import pyweightstat as p; print(p.__file__); print(p.build_info())"
 }
 run_step build 300 bash -c "$(declare -f build); SRC='$SRC' PY='$PY' build"
+
+# 2b. device cost of a launch by the size of its parameters (standalone, no pyweightstat)
+if [ -f bench/launch_cost.cu ] && command -v nvcc > /dev/null; then
+  run_step launch_cost 60 bash -c "nvcc -O2 -std=c++17 -arch=sm_90 bench/launch_cost.cu \
+    -o /tmp/pws_launch_cost && /tmp/pws_launch_cost '$LOGS/launch_cost.json'"
+fi
 
 # 3. tests (the installed package; -P keeps the source tree's pyweightstat/ off sys.path)
 if step_ok build; then

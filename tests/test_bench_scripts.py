@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -70,3 +74,35 @@ def test_pass_timeline_keeps_the_common_shape() -> None:
     s = pt.summarize(calls)
     assert s["calls"] == 2 and [a["name"] for a in s["activities"]] == ["a"]
     assert s["span_us"] == pytest.approx(11.0)
+
+
+def _nvcc() -> str | None:
+    for cand in (os.environ.get("CUDACXX"), shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
+        if cand and Path(cand).exists():
+            return cand
+    return None
+
+
+def test_launch_cost_microbenchmark_compiles(tmp_path: Path) -> None:
+    # bench/launch_cost.cu runs in bench/gpu_check.sh only, so a compile error would first show on
+    # a GPU machine: compile it here (sm_90, host warnings as errors) and run it once
+    nvcc = _nvcc()
+    if nvcc is None:
+        pytest.skip("no nvcc on this machine (the CUDA build is skipped here too)")
+    exe, out = tmp_path / "launch_cost", tmp_path / "launch_cost.json"
+    flags = ["-O2", "-std=c++17", "-arch=sm_90", "-Xcompiler", "-Wall,-Wextra,-Werror"]
+    r = subprocess.run(
+        [nvcc, *flags, str(BENCH / "launch_cost.cu"), "-o", str(exe)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    run = subprocess.run([str(exe), str(out)], capture_output=True, text=True, timeout=300)
+    if run.returncode == 0:  # a GPU: six sizes, each a positive time
+        rows = json.loads(out.read_text())["rows"]
+        assert [row["param_bytes"] for row in rows] == [64, 1024, 4096, 16384, 28984, 32000]
+        assert all(row[k] > 0 for row in rows for k in ("chain_us", "pair_us", "pdl_pair_us"))
+    else:  # no GPU or driver: a CUDA error named with its call, nothing written
+        assert run.returncode == 1 and "cudaSetDevice" in run.stderr, run.stderr
+        assert not out.exists()
