@@ -783,8 +783,12 @@ def fused_kernel_seconds(kernels: list[dict[str, Any]], calls: int) -> float | N
     return total_us * 1e-6 / calls if total_us > 0 else None
 
 
-def _host_profile(fn: Callable[[], Any], calls: int, top: int = 12) -> list[dict[str, Any]]:
-    """The functions with the most own host time over ``calls`` calls of ``fn`` (cProfile)."""
+def _host_profile(
+    fn: Callable[[], Any], calls: int, top: int = 12, only: str | None = None
+) -> list[dict[str, Any]]:
+    """The functions with the most own host time over ``calls`` calls of ``fn`` (cProfile), per
+    call and as a share of all the profiled time; with ``only``, just those whose file or name
+    contains it."""
     import cProfile
     import pstats
 
@@ -793,10 +797,14 @@ def _host_profile(fn: Callable[[], Any], calls: int, top: int = 12) -> list[dict
     for _ in range(calls):
         fn()
     prof.disable()
+    stats = pstats.Stats(prof).stats
+    total = sum(tottime for (_, _, tottime, _, _) in stats.values()) or 1.0
     rows = []
-    for (file, line, name), (_, ncalls, tottime, _, _) in pstats.Stats(prof).stats.items():
+    for (file, line, name), (_, ncalls, tottime, _, _) in stats.items():
+        if only is not None and only not in file and only not in name:
+            continue
         where = f"{Path(file).name}:{line}" if line else file
-        row = {"function": f"{name} ({where})", "calls": ncalls}
+        row = {"function": f"{name} ({where})", "calls": ncalls, "share": tottime / total}
         rows.append({**row, "tottime_per_call_s": tottime / calls})
     rows.sort(key=lambda r: -r["tottime_per_call_s"])
     return rows[:top]
@@ -822,7 +830,11 @@ def bench_tracker(
       training steps without and with ``tracker.step()`` (P T P ... T P, one tracker with the
       default settings, background conversion included: a tracked block waits for its batches
       before its clock stops); the median over tracked blocks of (T - mean of its two P
-      neighbours) / that mean, and ``tracker_ab_mean_fraction`` from the means of all blocks.
+      neighbours) / that mean, and ``tracker_ab_mean_fraction`` from the means of all blocks;
+      with the host time of every ``tracker.step()`` in the tracked blocks, the background
+      thread's CPU time per converted record (``tracker_background_cpu_per_record_s``) and,
+      from one more tracked block under cProfile, pyweightstat's own time per step on the
+      training thread (``tracker_in_loop_profile``): where a host-bound loop pays for tracking.
     """
     from pyweightstat import WeightTracker
 
@@ -926,6 +938,18 @@ def bench_tracker(
 
     step_host: list[float] = []  # host time of each tracker.step() inside the training loop
     drain_host: list[float] = []  # host time of a tracked block's final wait for its batches
+    # the background thread's CPU time per batch of records it converts (time.thread_time there)
+    bg_cpu: list[tuple[float, int]] = []
+    run_job = tracked._run_job
+
+    def timed_job(job: Any) -> None:
+        records, t = len(job.records), time.thread_time()
+        try:
+            run_job(job)
+        finally:
+            bg_cpu.append((time.thread_time() - t, records))
+
+    tracked._run_job = timed_job  # type: ignore[method-assign]
 
     def block(tr: WeightTracker | None) -> float:
         step()
@@ -970,6 +994,17 @@ def bench_tracker(
         tracker_drain_host_mean_s=statistics.fmean(drain_host),
     )
     tracked._drain()
+    converted = sum(r for _, r in bg_cpu)
+    out["tracker_background_cpu_per_record_s"] = (
+        sum(t for t, _ in bg_cpu) / converted if converted else None
+    )
+    # Where the training thread's time goes in tracked steps: one more tracked block under
+    # cProfile (training thread only; the profiler slows Python code, so read shares, not times),
+    # pyweightstat's functions by own time per step.
+    out["tracker_in_loop_profile"] = _host_profile(
+        lambda: (step(), tracked.step()), k, only="pyweightstat"
+    )
+    tracked._drain()
     gpu_txt = (
         f"GPU {1e3 * out['tracker_gpu_s']:.3f} ms ({100 * out['tracker_gpu_s'] / step_s:.2f} %), "
         if "tracker_gpu_s" in out
@@ -993,6 +1028,18 @@ def bench_tracker(
         f"wait for the background batches at a block's end: mean "
         f"{1e3 * out['tracker_drain_host_mean_s']:.3f} ms per {k} steps"
     )
+    bg = out["tracker_background_cpu_per_record_s"]
+    log(
+        "  background conversion thread: "
+        + (f"{1e3 * bg:.3f} ms of CPU time per record" if bg is not None else "no batches")
+        + f" ({len(bg_cpu)} batches); pyweightstat's own time per tracked step under cProfile "
+        f"(training thread, {k} steps; share of the profiled step):"
+    )
+    for row in out["tracker_in_loop_profile"]:
+        log(
+            f"    {1e3 * row['tottime_per_call_s']:8.3f} ms  {100 * row['share']:5.1f} %  "
+            f"x{row['calls']:<5} {row['function']}"
+        )
     return out
 
 
