@@ -71,6 +71,16 @@ def assert_summary_matches(s: Any, ref: dict[str, float | int], label: str = "")
         assert abs(g - r) <= NORM_RTOL * r, f"{name}{where}: got {g!r}, expected {r!r}"
 
 
+def assert_same_counts(s: Any, c: Any, label: str = "") -> None:
+    """Two engine results (e.g. a device's and the CPU engine's) with equal counts and equal
+    extremes (NaN where both have none)."""
+    for name in COUNT_FIELDS:
+        assert getattr(s, name) == getattr(c, name), (label, name)
+    for name in ("min", "max"):
+        a, b = getattr(s, name), getattr(c, name)
+        assert a == b or _same_nan(a, b), (label, name, a, b)
+
+
 def assert_describe_matches(x: Any, s: Any, label: str = "") -> None:
     """Shorthand: compare ``s`` with ``ref_moments(x)``."""
     assert_summary_matches(s, ref_moments(x), label)

@@ -23,7 +23,7 @@ from cuda_cases import (
     random_bit_patterns,
     weights_like,
 )
-from stats_checks import assert_summary_matches, full_log_counts
+from stats_checks import assert_same_counts, assert_summary_matches, full_log_counts
 
 import pyweightstat as pws
 from pyweightstat import _C
@@ -82,11 +82,7 @@ def test_moments_match_reference_and_cpu(dtype: torch.dtype, n: int) -> None:
     s = pws.describe(x)
     assert not s.on_host  # nothing copied before a value is read
     assert_summary_matches(s, ref_moments(x), f"{dtype} n={n}")
-    c = pws.describe(x.cpu())
-    for name in ("count", "nan_count", "posinf_count", "neginf_count", "zero_count", "min", "max"):
-        assert getattr(s, name) == getattr(c, name) or (
-            np.isnan(getattr(s, name)) and np.isnan(getattr(c, name))
-        ), name
+    assert_same_counts(s, pws.describe(x.cpu()), f"{dtype} n={n}")
 
 
 @pytest.mark.parametrize("mantissa_bits", [None, 3])
@@ -260,6 +256,17 @@ def test_quantile_matches_cpu() -> None:
     np.testing.assert_array_equal(pws.quantile(x, q), pws.quantile(x.cpu(), q))
 
 
+def _assert_matches_cpu(s: pws.Summary, x: torch.Tensor, ref: dict, kw: dict) -> None:
+    """A device result of ``x`` (described with ``kw``) against the float64 reference and the CPU
+    engine: moments within the bounds, counts, extremes and histogram exactly."""
+    label = f"{x.dtype} n={x.numel()}"
+    assert_summary_matches(s, ref, label)
+    c = pws.describe(x.cpu(), **kw)
+    assert_same_counts(s, c, label)
+    if kw:
+        assert s.hist == c.hist, label
+
+
 @pytest.mark.parametrize("kw", [{}, {"bins": 64}])  # bins without range: data edges need the merge
 def test_two_level_merge_of_large_tensors(kw: dict) -> None:
     # Tensors of more than 256 chunks (16.7 M values) have their chunk states merged in groups of
@@ -269,13 +276,7 @@ def test_two_level_merge_of_large_tensors(kw: dict) -> None:
     xs = [_data(n, dtype, seed=n) for n, dtype in sizes]
     res, total = pws.describe_many(xs, total=True, **kw)
     for x, s in zip(xs, res, strict=True):
-        assert_summary_matches(s, ref_moments(x), f"{x.dtype} n={x.numel()}")
-        c = pws.describe(x.cpu(), **kw)
-        for name in ("count", "nan_count", "posinf_count", "neginf_count", "zero_count"):
-            assert getattr(s, name) == getattr(c, name), name
-        assert (s.min, s.max) == (c.min, c.max)
-        if kw:
-            assert s.hist == c.hist
+        _assert_matches_cpu(s, x, ref_moments(x), kw)
     allx = torch.cat([x.reshape(-1).double() for x in xs])
     assert_summary_matches(total, ref_moments(allx), "total")
 
@@ -298,13 +299,7 @@ def test_longer_chunks_of_large_tensors(kw: dict, long_chunk_inputs: list) -> No
     xs = [x for x, _ in long_chunk_inputs]
     res = pws.describe_many(xs, **kw)
     for (x, ref), s in zip(long_chunk_inputs, res, strict=True):
-        assert_summary_matches(s, ref, f"{x.dtype} n={x.numel()}")
-        c = pws.describe(x.cpu(), **kw)
-        for name in ("count", "nan_count", "posinf_count", "neginf_count", "zero_count"):
-            assert getattr(s, name) == getattr(c, name), name
-        assert (s.min, s.max) == (c.min, c.max)
-        if kw:
-            assert s.hist == c.hist
+        _assert_matches_cpu(s, x, ref, kw)
         _assert_same_summary(s, pws.describe(x, **kw))  # one tensor alone: the same launch shape
 
 

@@ -41,7 +41,7 @@ from cuda_cases import (
     random_bit_patterns,
     weights_like,
 )
-from stats_checks import assert_summary_matches
+from stats_checks import assert_same_counts, assert_summary_matches
 
 import pyweightstat as pws
 from pyweightstat import _C
@@ -411,14 +411,6 @@ def _layout(x: torch.Tensor, layout: str) -> torch.Tensor:
     raise AssertionError(layout)
 
 
-def _same_counts(s: Summary, c: Summary) -> None:
-    for name in ("count", "nan_count", "posinf_count", "neginf_count", "zero_count"):
-        assert getattr(s, name) == getattr(c, name), name
-    for name in ("min", "max"):
-        a, b = getattr(s, name), getattr(c, name)
-        assert a == b or (np.isnan(a) and np.isnan(b)), name
-
-
 # ------------------------------------------------------------------------------ moments, log
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_moments_and_log_histograms_every_layout(emu: Path, tmp_path: Path, dtype) -> None:
@@ -436,7 +428,7 @@ def test_moments_and_log_histograms_every_layout(emu: Path, tmp_path: Path, dtyp
         for lay, x, s in zip(layouts, xs, res.summaries, strict=True):
             label = f"{dtype} {lay} m={m}"
             assert_summary_matches(s, ref_moments(x), label)
-            _same_counts(s, pws.describe(x))
+            assert_same_counts(s, pws.describe(x))
             if m is not None:
                 assert_log_hist_matches_reference(s.hist, x, m)
         allx = torch.cat([x.reshape(-1).double() for x in xs])
@@ -455,7 +447,7 @@ def test_log_histogram_random_bit_patterns(emu: Path, tmp_path: Path, m: int) ->
     (res,) = run(emu, [Describe(xs, HIST_LOG, m=m)], tmp_path)
     for x, s in zip(xs, res.summaries, strict=True):
         assert_log_hist_matches_reference(s.hist, x, m)
-        _same_counts(s, pws.describe(x))
+        assert_same_counts(s, pws.describe(x))
 
 
 def test_log_window_across_chunks_and_special_tensors(emu: Path, tmp_path: Path) -> None:
@@ -483,7 +475,7 @@ def test_log_window_across_chunks_and_special_tensors(emu: Path, tmp_path: Path)
         # absolute bound; its counts and extremes are checked instead
         if i > 0:
             assert_summary_matches(s, ref_moments(x_))
-        _same_counts(s, pws.describe(x_))
+        assert_same_counts(s, pws.describe(x_))
         assert_log_hist_matches_reference(s.hist, x_, 3)
     empty = res.summaries[3]
     assert empty.count == 0 and np.isnan(empty.mean) and empty.l1 == 0.0
@@ -503,7 +495,7 @@ def test_extremes_of_threads_that_met_an_infinity(emu: Path, tmp_path: Path) -> 
             assert (s.min, s.max) == ((-3.0, 7.0) if long else (-2.5, 0.5)), x.dtype
             counts = (s.posinf_count, s.neginf_count, s.zero_count)
             assert counts == ((1, 1, 2) if long else (0, 1, 1)), x.dtype
-            _same_counts(s, pws.describe(x))
+            assert_same_counts(s, pws.describe(x))
 
 
 def test_shift_of_warps_whose_first_values_are_not_finite(emu: Path, tmp_path: Path) -> None:
@@ -658,7 +650,7 @@ def test_describe_many_matches_cpu_per_tensor_and_total(emu: Path, tmp_path: Pat
     cpu_res, cpu_total = pws.describe_many(xs, mantissa_bits=3, total=True)
     for i, (x, s, c) in enumerate(zip(xs, res.summaries, cpu_res, strict=True)):
         assert_summary_matches(s, ref_moments(x), f"tensor {i}")
-        _same_counts(s, c)
+        assert_same_counts(s, c)
         assert s.hist == c.hist, i
     allx = torch.cat([x.reshape(-1).double() for x in xs])
     assert_summary_matches(res.total, ref_moments(allx), "total")
@@ -753,7 +745,7 @@ def test_shared_band_global_and_opt_in_counter_paths(emu: Path, tmp_path: Path, 
             hists = [by_path[label, m].summaries[i].hist for label in paths]
             assert_log_hist_matches_reference(hists[0], x, m)
             assert hists[1:] == hists[:-1], (m, i)
-            _same_counts(by_path["default", m].summaries[i], by_path["none", m].summaries[i])
+            assert_same_counts(by_path["default", m].summaries[i], by_path["none", m].summaries[i])
 
 
 @pytest.mark.parametrize("schedule", ["warp", "warp-reverse", "thread"])
@@ -774,7 +766,7 @@ def test_results_do_not_depend_on_the_thread_order(
         for x, sa, sb in zip(xs, a.summaries, b.summaries, strict=True):
             assert sa._state()[0].tobytes() == sb._state()[0].tobytes()
             np.testing.assert_array_equal(sa._state()[1], sb._state()[1])
-            _same_counts(sa, pws.describe(x))
+            assert_same_counts(sa, pws.describe(x))
             assert sa.hist == pws.log_histogram(x, mantissa_bits=m)
         assert a.total.hist == pws.describe_many(xs, mantissa_bits=m, total=True)[1].hist
 
@@ -817,7 +809,7 @@ def test_work_split_from_the_environment(emu: Path, tmp_path: Path) -> None:
         assert sum(ln["smem"] == 0 for ln in launches) == 1 + merges, (env, launches)
         for x, s in zip(xs, res.summaries, strict=True):
             assert_summary_matches(s, ref_moments(x), str(env))
-            _same_counts(s, pws.describe(x))
+            assert_same_counts(s, pws.describe(x))
             assert_log_hist_matches_reference(s.hist, x, 3)
         assert_summary_matches(res.total, ref_moments(allx), f"total, {env}")
         assert res.total.hist == pws.describe_many(xs, mantissa_bits=3, total=True)[1].hist
@@ -876,7 +868,7 @@ def test_kernels_under_address_and_undefined_behaviour_sanitizers(
         if isinstance(case, Describe):  # and the results are still right
             assert isinstance(res, DescribeResult), res
             for x, s in zip(case.xs, res.summaries, strict=True):
-                _same_counts(s, pws.describe(x))
+                assert_same_counts(s, pws.describe(x))
         else:
             ref = _C.pairwise_distances(case.counts, case.centres, case.metric)
             np.testing.assert_allclose(res, ref, rtol=1e-12, atol=1e-15, equal_nan=True)
