@@ -951,6 +951,26 @@ def bench_tracker(
 
     tracked._run_job = timed_job  # type: ignore[method-assign]
 
+    # Inside tracker.step(): the host time of Plan.launch (the enqueue: Python, bindings and the
+    # CUDA driver's launch calls), and whether the GPU was still busy with the training step when
+    # the tracker was called (a launch then waits for room in a full launch queue, if any).
+    launch_host: list[float] = []
+    gpu_busy: list[bool] = []
+    plan_launch = None
+    if device == "cuda":
+        from pyweightstat.stats import _cuda
+
+        plan_launch = _cuda.Plan.launch
+
+        def timed_launch(plan: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return plan_launch(plan)
+            finally:
+                launch_host.append(time.perf_counter() - t)
+
+        _cuda.Plan.launch = timed_launch  # type: ignore[method-assign]
+
     def block(tr: WeightTracker | None) -> float:
         step()
         sync()
@@ -959,6 +979,8 @@ def bench_tracker(
         for _ in range(k):
             step()
             if tr is not None:
+                if device == "cuda":
+                    gpu_busy.append(not torch.cuda.current_stream().query())
                 t1 = time.perf_counter()
                 tr.step()
                 step_host.append(time.perf_counter() - t1)
@@ -971,7 +993,11 @@ def bench_tracker(
         assert tracked.num_records == before + (k if tr is not None else 0)
         return seconds
 
-    times = [block(tracked if i % 2 else None) for i in range(2 * pairs + 1)]
+    try:
+        times = [block(tracked if i % 2 else None) for i in range(2 * pairs + 1)]
+    finally:
+        if plan_launch is not None:
+            _cuda.Plan.launch = plan_launch  # type: ignore[method-assign]
     plain_s, tracked_s = times[0::2], times[1::2]
     fracs = [
         (tracked_s[i] - 0.5 * (plain_s[i] + plain_s[i + 1])) / (0.5 * (plain_s[i] + plain_s[i + 1]))
@@ -993,6 +1019,10 @@ def bench_tracker(
         ],
         tracker_drain_host_mean_s=statistics.fmean(drain_host),
     )
+    if launch_host:
+        out["tracker_launch_host_median_s"] = statistics.median(launch_host)
+        out["tracker_launch_host_mean_s"] = statistics.fmean(launch_host)
+        out["tracker_gpu_busy_fraction"] = sum(gpu_busy) / len(gpu_busy)
     tracked._drain()
     converted = sum(r for _, r in bg_cpu)
     out["tracker_background_cpu_per_record_s"] = (
@@ -1028,6 +1058,13 @@ def bench_tracker(
         f"wait for the background batches at a block's end: mean "
         f"{1e3 * out['tracker_drain_host_mean_s']:.3f} ms per {k} steps"
     )
+    if launch_host:
+        log(
+            f"  of which Plan.launch: median {1e3 * out['tracker_launch_host_median_s']:.3f} ms, "
+            f"mean {1e3 * out['tracker_launch_host_mean_s']:.3f} ms; the GPU was still busy with "
+            f"the training step at {100 * out['tracker_gpu_busy_fraction']:.0f} % of the "
+            "tracker.step() calls"
+        )
     bg = out["tracker_background_cpu_per_record_s"]
     log(
         "  background conversion thread: "

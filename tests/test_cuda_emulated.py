@@ -18,6 +18,7 @@ GPU tests (``pytest -m cuda``) remain the word on a real device.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -887,3 +888,30 @@ def test_pairwise_distances_match_cpu(emu: Path, tmp_path: Path) -> None:
         ref = _C.pairwise_distances(counts, centres, metric)
         np.testing.assert_allclose(got, ref, rtol=1e-12, atol=1e-15, equal_nan=True)
         assert np.isnan(got[5]).all() and got[3, 7] == 0.0
+
+
+def test_host_cost_bench_runs_on_the_emulator(emu_module: Path, tmp_path: Path) -> None:
+    # bench/emu_host_cost.py on a small plan: it runs, and the batch it fetched holds the
+    # non-empty log buckets of the CPU engine (per tensor and total, once per record).
+    out = tmp_path / "cost.json"
+    script = ROOT / "bench" / "emu_host_cost.py"
+    args = ["--module", str(emu_module), "--tensors", "6", "--values", "300", "--batch", "2"]
+    args += ["--rounds", "1", "--json", str(out)]
+    r = subprocess.run(
+        [sys.executable, str(script), *args], capture_output=True, text=True, timeout=600
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(out.read_text())
+    assert (res["tensors"], res["batch"]) == (6, 2)
+    assert res["launch_median_us"] > 0 and res["fetch_many_median_ms"] > 0
+    sys.path.insert(0, str(ROOT / "bench"))
+    from bench_stats import vit_b16_shapes
+
+    g = torch.Generator().manual_seed(0)  # the bench's inputs
+    xs = [
+        torch.randn(min(300, torch.Size(s).numel()), generator=g) * 0.02
+        for s in vit_b16_shapes()[:6]
+    ]
+    res_cpu, total = pws.describe_many(xs, total=True, mantissa_bits=3)
+    nonempty = sum(int(np.count_nonzero(s.hist.counts)) for s in [*res_cpu, total])
+    assert res["nonempty_buckets_per_batch"] == 2 * nonempty

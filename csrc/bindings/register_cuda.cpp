@@ -474,7 +474,7 @@ cu::Request make_request(int hist_kind, int64_t bins, int mantissa_bits, int edg
 }
 
 // Allocate the result (and scratch) buffers and enqueue the fused pass on `stream`.
-std::unique_ptr<CudaResult> enqueue(const std::vector<cu::Entry>& entries, const cu::Request& req,
+std::unique_ptr<CudaResult> enqueue(const cu::LaunchTables& tables, const cu::Request& req,
                                     const cu::Layout& layout, int device, void* s,
                                     const py::object& allocator, const double* host_edges) {
   auto res = std::make_unique<CudaResult>(device, s, req, layout);
@@ -484,7 +484,7 @@ std::unique_ptr<CudaResult> enqueue(const std::vector<cu::Entry>& entries, const
   scratch.allocate(layout.scratch_bytes, allocator, device, s);
   {
     py::gil_scoped_release release;
-    cu::launch_describe(entries, req, layout, res->buffer().get(), scratch.get(), s, host_edges);
+    cu::launch_describe(tables, req, layout, res->buffer().get(), scratch.get(), s, host_edges);
     res->mark_enqueued();
   }
   // scratch is released here: stream-ordered (cudaFreeAsync, or the caching allocator's reuse on
@@ -508,7 +508,8 @@ std::unique_ptr<CudaResult> describe_cuda(const py::list& caps,
   }
   const cu::Layout layout = cu::make_layout(in.numels, req);
   const double* he = req.edge_mode == cu::kEdgesExplicit ? host_edges.data() : nullptr;
-  return enqueue(in.entries, req, layout, device, to_ptr(stream), allocator, he);
+  return enqueue(*cu::make_launch_tables(in.entries, req), req, layout, device, to_ptr(stream),
+                 allocator, he);
 }
 
 // A fixed list of CUDA tensors described again and again (e.g. a model's parameters at every
@@ -521,14 +522,15 @@ class CudaPlan {
       : device_(device),
         in_(std::make_shared<Inputs>(import_inputs(caps, names, device))),
         req_(make_request(hist_kind, 0, mantissa_bits, cu::kEdgesNone, 0.0, 1.0)),
-        layout_(cu::make_layout(in_->numels, req_)) {
+        layout_(cu::make_layout(in_->numels, req_)),
+        tables_(cu::make_launch_tables(in_->entries, req_)) {
     if (hist_kind == cu::kHistUniform) {
       throw py::value_error("CudaPlan supports no histogram or log histograms");
     }
   }
 
   std::unique_ptr<CudaResult> launch(uintptr_t stream, const py::object& allocator, bool total) {
-    auto res = enqueue(in_->entries, req_, layout_, device_, to_ptr(stream), allocator, nullptr);
+    auto res = enqueue(*tables_, req_, layout_, device_, to_ptr(stream), allocator, nullptr);
     // The inputs outlive every result's work even if the plan is dropped first (the caching
     // allocator could otherwise hand their memory to a stream other than the kernels' one).
     res->keep_alive(in_);
@@ -544,6 +546,7 @@ class CudaPlan {
   std::shared_ptr<Inputs> in_;  // destroyed with the GIL held (DLPack deleters)
   cu::Request req_;
   cu::Layout layout_;
+  std::shared_ptr<const cu::LaunchTables> tables_;  // built once: launch() only enqueues
 };
 
 // While it lives, the calling thread may synchronise although another thread captures a CUDA
@@ -681,8 +684,15 @@ py::tuple fetch_many(const py::list& handles) {
   py::array_t<int64_t> b_a(static_cast<py::ssize_t>(buckets.size()));
   py::array_t<int64_t> c_a(static_cast<py::ssize_t>(counts.size()));
   if (!buckets.empty()) {
-    std::memcpy(b_a.mutable_data(), buckets.data(), buckets.size() * 8);
-    std::memcpy(c_a.mutable_data(), counts.data(), counts.size() * 8);
+    // Megabytes for a batch of large-model records: copied without the GIL, which the training
+    // thread would otherwise wait for (the tracker fetches on a background thread).
+    int64_t* bp = b_a.mutable_data();
+    int64_t* cp = c_a.mutable_data();
+    py::gil_scoped_release release;
+    std::memcpy(bp, buckets.data(), buckets.size() * 8);
+    std::memcpy(cp, counts.data(), counts.size() * 8);
+    std::vector<int64_t>().swap(buckets);  // freed here too, not under the GIL
+    std::vector<int64_t>().swap(counts);
   }
   return py::make_tuple(f, n, nnz, b_a, c_a, flows);
 }

@@ -26,6 +26,7 @@
 #include <climits>
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -487,7 +488,23 @@ Layout make_layout(const std::vector<int64_t>& numels, const Request& req) {
   return L;
 }
 
+struct LaunchTables {
+  std::vector<EntryTable> tables;
+};
+
+std::shared_ptr<const LaunchTables> make_launch_tables(const std::vector<Entry>& entries,
+                                                       const Request& req) {
+  auto t = std::make_shared<LaunchTables>();
+  t->tables = make_tables(entries, split_for(req));
+  return t;
+}
+
 void launch_describe(const std::vector<Entry>& entries, const Request& req, const Layout& L,
+                     void* result, void* scratch, void* stream, const double* host_edges) {
+  launch_describe(*make_launch_tables(entries, req), req, L, result, scratch, stream, host_edges);
+}
+
+void launch_describe(const LaunchTables& launch_tables, const Request& req, const Layout& L,
                      void* result, void* scratch, void* stream, const double* host_edges) {
   (void)cudaGetLastError();  // clear an error left by an earlier failed call
   cudaStream_t s = static_cast<cudaStream_t>(stream);
@@ -512,7 +529,7 @@ void launch_describe(const std::vector<Entry>& entries, const Request& req, cons
           cudaMemcpyHostToDevice, s));
     }
   }
-  const std::vector<EntryTable> tables = make_tables(entries, split_for(req));
+  const std::vector<EntryTable>& tables = launch_tables.tables;
   const size_t smem = p.shared_hist ? shared_hist_bytes(req) : 0;
   if (req.hist_kind == kHistUniform && req.edge_mode == kEdgesData) {
     for (const EntryTable& tab : tables) {

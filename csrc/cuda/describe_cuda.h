@@ -16,6 +16,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "pws/moment_state.h"
@@ -128,9 +129,19 @@ struct Layout {
 
 Layout make_layout(const std::vector<int64_t>& numels, const Request& req);
 
+// The launch tables of a list of inputs (which tensors each launch of the fused kernel covers,
+// their work items and merge groups): a function of the entries and the request only. A plan
+// that launches the same inputs again and again builds them once.
+struct LaunchTables;
+std::shared_ptr<const LaunchTables> make_launch_tables(const std::vector<Entry>& entries,
+                                                       const Request& req);
+
 // Enqueue the fused pass. `host_edges` (kEdgesExplicit only) holds P x (bins + 1) float64 and
 // may be freed on return. Throws std::runtime_error naming the failing CUDA call.
 void launch_describe(const std::vector<Entry>& entries, const Request& req, const Layout& layout,
+                     void* result, void* scratch, void* stream, const double* host_edges);
+// The same with tables from make_launch_tables(entries, req).
+void launch_describe(const LaunchTables& tables, const Request& req, const Layout& layout,
                      void* result, void* scratch, void* stream, const double* host_edges);
 
 // Enqueue the merge of all P tensor states (and, with `with_hist`, histogram records) into slot P.
