@@ -13,7 +13,11 @@ CUDA launcher reads these environment variables once per process:
 * ``PWS_CUDA_MERGE_GROUP``: chunk states merged by one block of the merge kernel (a tensor with
   more chunks is merged in two levels), 2 to 2^16;
 * ``PWS_CUDA_MERGE``: ``kernel`` (a merge kernel after the fused one, the default) or ``inline``
-  (the fused kernel's last block to finish a tensor merges its chunk states).
+  (the fused kernel's last block to finish a tensor merges its chunk states);
+* ``PWS_CUDA_SMALL_TABLE``: ``0`` gives every launch the full 29 KB launch table, as before the
+  twelfth session (``1``, the default: a moments launch of at most 4 tensors carries a table of
+  under 1 KB); a merge field ending in ``-big`` (e.g. ``d/256/kernel-big``) sets it, so the sweep
+  shows what the parameter size costs a pass (the same results bit for bit).
 
 Each setting (``split/group/merge``, e.g. ``w1/4096/inline``) runs in a child process (this
 script with ``--child``), which times, for each dtype and size, the device copy, ``pws.describe``
@@ -59,11 +63,13 @@ import pyweightstat as pws
 
 DEFAULT_GROUP = 256  # the build's merge group (csrc/cuda/describe_cuda.h)
 BLOCKS_PER_SM = 4  # resident blocks of the moments kernels (kMinBlocks in describe_cuda.cu)
-# split/group/merge: the default first (the build's chunk-length rule); fixed chunk lengths (2^16
+# split/group/merge: the default first (the build's chunk-length rule), then the same with the
+# full launch table in every launch (-big); fixed chunk lengths (2^16
 # was the default until 2026-11-27); the rule with a one-level merge of up to 512 chunk states;
 # one wave of blocks, with the merge kernel or inside the fused kernel
 DEFAULT_SETTINGS = (
     "d/256/kernel",
+    "d/256/kernel-big",
     "c16/256/kernel",
     "c17/256/kernel",
     "c18/256/kernel",
@@ -202,7 +208,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--settings",
         default=",".join(DEFAULT_SETTINGS),
         help="split/group/merge, comma-separated (split d: the build's rule; cK: chunks of 2^K "
-        "values; wK: K waves)",
+        "values; wK: K waves; merge kernel or inline, -big: the full launch table)",
     )
     p.add_argument("--repeat", type=int, default=20, help="timed runs per measurement")
     p.add_argument(
@@ -259,7 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         fixed = ("PWS_CUDA_CHUNK", "PWS_CUDA_BLOCKS")  # the setting's split alone
         env = {k: v for k, v in os.environ.items() if k not in fixed}
         env.update(split_env(split, sms))
-        env.update(PWS_CUDA_MERGE_GROUP=str(group), PWS_CUDA_MERGE=merge)
+        mode, _, table = merge.partition("-")
+        if table not in ("", "big"):
+            raise ValueError(f"unknown merge field {merge!r} (kernel or inline, then -big or not)")
+        env.update(PWS_CUDA_MERGE_GROUP=str(group), PWS_CUDA_MERGE=mode)
+        env.update(PWS_CUDA_SMALL_TABLE="0" if table == "big" else "1")
         cmd = [sys.executable, __file__, "--child", "--sizes", sizes_arg, "--dtypes", args.dtypes]
         cmd += ["--repeat", str(args.repeat)]
         r = subprocess.run(cmd, env=env, capture_output=True, text=True)

@@ -11,7 +11,8 @@
 #   2. build + install for sm_90       -> build.log   (pip --no-build-isolation, timed); then
 #      bench/launch_cost.cu (a launch's device cost by parameter size) -> launch_cost.{log,json}
 #   3. pytest -m cuda tests/test_cuda.py, then a CPU sanity subset
-#   4. bench/pass_timeline.py (the GPU activities of one pass), bench/bench_stats.py --device cuda
+#   4. bench/pass_timeline.py (the GPU activities of one pass; again with PWS_CUDA_SMALL_TABLE=0),
+#      bench/bench_stats.py --device cuda
 #      -> $OUT/bench_results/ (JSON + Markdown), then
 #      bench/bench_chunks.py (the work-split sweep at 10^8, then its two fastest bfloat16 settings
 #      and the default at 10^9; PWS_CHUNK_ARGS) beside it
@@ -116,6 +117,9 @@ if step_ok build; then
   if [ -f bench/pass_timeline.py ]; then
     # its files travel in logs.tar.gz (at most 8 files come back from a device call)
     run_step timeline 60 "$PY" bench/pass_timeline.py --out "$LOGS/timeline"
+    # the same with the full 29 KB launch table in every launch (as before the twelfth session)
+    run_step timeline_big 60 env PWS_CUDA_SMALL_TABLE=0 "$PY" bench/pass_timeline.py \
+      --out "$LOGS/timeline_big"
   fi
   # 4a. benchmark (writes JSON + Markdown)
   if [ -f bench/bench_stats.py ]; then

@@ -275,3 +275,30 @@ def test_chunk_length_rule() -> None:
             382,
             3815,
         ]
+
+
+def test_small_launch_tables_give_the_same_bits() -> None:
+    # describe_cuda.h kSmallBatch: moments-only launches of at most 4 tensors carry a small
+    # launch table unless PWS_CUDA_SMALL_TABLE=0. The outer test runs this with and without it
+    # and compares the raw states written to PWS_STATE_DUMP byte for byte; here, against the CPU.
+    assert _C.CUDA_SMALL_BATCH == 4
+    assert _C.cuda_small_tables() == (os.environ.get("PWS_CUDA_SMALL_TABLE", "1") != "0")
+    sizes = [3 * 65536 + 17, 1, 0, 70_000, 5 * 65536, 4099]
+    xs = [_data(n, DTYPES[i % len(DTYPES)], seed=40 + i) for i, n in enumerate(sizes)]
+    xs.append(_data(64 * 33, torch.float32, seed=50).view(64, 33).t())  # strided: generic kind
+    calls = [[x] for x in xs] + [xs[:4], xs[:5], xs]  # 1, 4 (small) and 5, 7 (big) tensors
+    dump = []
+    for group in calls:
+        res, total = pws.describe_many([FakeCuda(x) for x in group], total=True)
+        cpu, _ = pws.describe_many(group, total=True)
+        for i, (x, s, c) in enumerate(zip(group, res, cpu, strict=True)):
+            _same_as_cpu(s, c, x, f"{len(group)} tensors, tensor {i}")
+        dump += [b"".join(a.tobytes() for a in _state(s)) for s in [*res, total]]
+    # uniform bins from the data's range: a moments launch first, then the histogram launch
+    s = pws.describe(FakeCuda(xs[0]), bins=64)
+    _same_as_cpu(s, pws.describe(xs[0], bins=64), xs[0], "data-range bins")
+    dump.append(b"".join(a.tobytes() for a in _state(s)) + np.asarray(s.hist.counts).tobytes())
+    path = os.environ.get("PWS_STATE_DUMP")
+    if path:
+        with open(path, "wb") as fh:
+            fh.write(b"".join(dump))

@@ -8,8 +8,12 @@ Every test is skipped without a CUDA build of pyweightstat and a visible GPU.
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -523,6 +527,44 @@ def test_regime_jump_inside_a_chunk_matches_reference() -> None:
     z = torch.randn(1 << 16, generator=g, device=DEV, dtype=torch.float64)
     x = torch.cat([1e-10 * z[: 1 << 12], 1e3 * z[1 << 12 :]]).to(torch.float32)
     assert_summary_matches(pws.describe(x), ref_moments(x), "regime jump")
+
+
+_SMALL_TABLE_CASES = [(1, 0), (65_536, 1), (3 * 65_536 + 17, 2), (50_000_000, 3)]
+
+
+def _small_table_states() -> bytes:
+    """Raw states of one-tensor and four-tensor moments passes (the small launch table's cases)
+    and of a five-tensor one (always the full table), float32 and bfloat16."""
+    out = []
+    for dtype in (torch.float32, torch.bfloat16):
+        xs = [_data(n, dtype, seed=seed) for n, seed in _SMALL_TABLE_CASES]
+        groups = [[x] for x in xs] + [xs, [*xs, xs[0]]]
+        for group in groups:
+            res, total = pws.describe_many(group, total=True)
+            for s in [*res, total]:
+                out += [np.asarray(a).tobytes() for a in s._state()]
+    return b"".join(out)
+
+
+def test_small_launch_tables_give_the_same_bits() -> None:
+    # describe_cuda.h kSmallBatch: moments launches of at most 4 tensors carry a small launch
+    # table; a child process with PWS_CUDA_SMALL_TABLE=0 gives every launch the full one.
+    assert _C.cuda_small_tables() and _C.CUDA_SMALL_BATCH == 4
+    tests = Path(__file__).resolve().parent
+    code = (
+        f"import sys; sys.path.insert(0, {str(tests)!r}); import test_cuda as t; "
+        "sys.stdout.write(t._small_table_states().hex())"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PWS_CUDA_SMALL_TABLE": "0"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    mine = _small_table_states()
+    assert len(mine) > 0 and bytes.fromhex(r.stdout.strip()) == mine
 
 
 # ------------------------------------------------------------------------------ plans

@@ -239,6 +239,20 @@ def test_chunk_length_follows_the_environment(emu_module: Path) -> None:
     _run_inner(emu_module, ["-k", "chunk_length"], {"PWS_CUDA_CHUNK": "4096"})
 
 
+@pytest.mark.parametrize("merge", ["kernel", "inline"])
+def test_small_launch_tables_give_the_same_bits(
+    emu_module: Path, tmp_path: Path, merge: str
+) -> None:
+    # the same calls with the small launch tables (the default) and without: identical raw states
+    dumps = []
+    for small in ("1", "0"):
+        dump = tmp_path / f"states_{small}.bin"
+        env = {"PWS_CUDA_SMALL_TABLE": small, "PWS_CUDA_MERGE": merge, "PWS_STATE_DUMP": str(dump)}
+        _run_inner(emu_module, ["-k", "small_launch_tables"], env)
+        dumps.append(dump.read_bytes())
+    assert len(dumps[0]) > 0 and dumps[0] == dumps[1]
+
+
 def test_cuda_bindings_under_address_and_undefined_behaviour_sanitizers(
     emu_module_sanitized: Path,
 ) -> None:

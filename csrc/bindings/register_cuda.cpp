@@ -757,6 +757,10 @@ void register_cuda(py::module_& m) {
         "under this process's work split (PWS_CUDA_CHUNK / PWS_CUDA_BLOCKS, read once), in a "
         "request without (default) or with a uniform histogram. Host only.");
   m.attr("CUDA_CHUNK") = cu::kChunk;
+  m.def("cuda_small_tables", &cu::small_tables,
+        "Whether a moments-only launch over at most CUDA_SMALL_BATCH tensors carries the small "
+        "launch table (PWS_CUDA_SMALL_TABLE, read once; private, for tests and benchmarks).");
+  m.attr("CUDA_SMALL_BATCH") = cu::kSmallBatch;
   m.attr("CUDA_BIG_CHUNK") = cu::kBigChunk;
   m.attr("CUDA_MIN_TENSOR_CHUNKS") = cu::kMinTensorChunks;
 }

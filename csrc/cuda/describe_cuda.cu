@@ -55,9 +55,9 @@ template <int kKind, int kHist>
 constexpr int kMinBlocks =
     kKind == kKindGeneric || kHist == kHistUniform || (is_log(kHist) && kKind != kKindF32) ? 3 : 4;
 
-template <int kKind, bool kState, int kHist>
+template <int kKind, bool kState, int kHist, class Tab>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
-    fused_kernel(const __grid_constant__ EntryTable tab, const __grid_constant__ Params p) {
+    fused_kernel(const __grid_constant__ Tab tab, const __grid_constant__ Params p) {
   PWS_DYNAMIC_SHARED(unsigned char, dyn_smem);
   __shared__ WarpSums warp_sums[kWarps];
   __shared__ int32_t block_window[2];  // log: the block's touched finite buckets (lo, hi)
@@ -247,18 +247,17 @@ Params make_params(const Request& req, const Layout& L, void* result, void* scra
   return p;
 }
 
-template <int kKind, bool kState, int kHist>
-void launch_kind(const dim3& g, size_t smem, cudaStream_t s, const EntryTable& tab,
-                 const Params& p) {
+template <int kKind, bool kState, int kHist, class Tab>
+void launch_kind(const dim3& g, size_t smem, cudaStream_t s, const Tab& tab, const Params& p) {
   if (smem > 32 * 1024) {  // opt in above the default 48 KB (static shared memory included)
     // Set at every such launch (about a microsecond; the tracker's m = 3 needs 16 KB and never
     // gets here), so a device reset elsewhere in the process cannot leave it unset, and to the
     // most any launch asks for, so concurrent callers set the same value.
-    PWS_CUDA_CHECK(cudaFuncSetAttribute(fused_kernel<kKind, kState, kHist>,
+    PWS_CUDA_CHECK(cudaFuncSetAttribute(fused_kernel<kKind, kState, kHist, Tab>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(shared_hist_max())));
   }
-  PWS_LAUNCH(g, kThreads, smem, s, fused_kernel<kKind, kState, kHist>)(tab, p);
+  PWS_LAUNCH(g, kThreads, smem, s, fused_kernel<kKind, kState, kHist, Tab>)(tab, p);
 }
 
 #if !defined(PWS_CUDA_EMULATION)
@@ -271,17 +270,18 @@ bool dependent_launch() {
   static std::atomic<int64_t> cache[kCachedDevices];
   return cached_per_device(cache, [] {
            cudaFuncAttributes attr{};
-           PWS_CUDA_CHECK(cudaFuncGetAttributes(&attr, merge_kernel));
+           PWS_CUDA_CHECK(cudaFuncGetAttributes(&attr, merge_kernel<EntryTable>));
            return attr.ptxVersion;
          }) >= 90;
 }
 #endif
 
 // Enqueue the merge of the chunk states of a table's tensors, right after its fused launch.
-void launch_merge(const EntryTable& tab, const Params& p, cudaStream_t s) {
+template <class Tab>
+void launch_merge(const Tab& tab, const Params& p, cudaStream_t s) {
   const dim3 g(static_cast<unsigned>(tab.unit_begin[tab.count]));
 #if defined(PWS_CUDA_EMULATION)
-  PWS_LAUNCH(g, kThreads, 0, s, merge_kernel)(tab, p);
+  PWS_LAUNCH(g, kThreads, 0, s, merge_kernel<Tab>)(tab, p);
   PWS_CUDA_CHECK_LAUNCH("merge_kernel launch");
 #else
   cudaLaunchAttribute attr[1];
@@ -294,12 +294,12 @@ void launch_merge(const EntryTable& tab, const Params& p, cudaStream_t s) {
   cfg.stream = s;
   cfg.attrs = attr;
   cfg.numAttrs = dependent_launch() ? 1 : 0;
-  PWS_CUDA_CHECK(cudaLaunchKernelEx(&cfg, merge_kernel, tab, p));
+  PWS_CUDA_CHECK(cudaLaunchKernelEx(&cfg, merge_kernel<Tab>, tab, p));
 #endif
 }
 
-template <bool kState, int kHist>
-void launch_fused(const EntryTable& tab, const Params& p, size_t smem, cudaStream_t s) {
+template <bool kState, int kHist, class Tab>
+void launch_fused(const Tab& tab, const Params& p, size_t smem, cudaStream_t s) {
   const int64_t grid = tab.chunk_begin[tab.count];
   if (grid == 0) return;
   if (grid > INT_MAX)
@@ -307,16 +307,16 @@ void launch_fused(const EntryTable& tab, const Params& p, size_t smem, cudaStrea
   const dim3 g(static_cast<unsigned>(grid));
   switch (tab.kind) {
     case kKindF32:
-      launch_kind<kKindF32, kState, kHist>(g, smem, s, tab, p);
+      launch_kind<kKindF32, kState, kHist, Tab>(g, smem, s, tab, p);
       break;
     case kKindF16:
-      launch_kind<kKindF16, kState, kHist>(g, smem, s, tab, p);
+      launch_kind<kKindF16, kState, kHist, Tab>(g, smem, s, tab, p);
       break;
     case kKindBF16:
-      launch_kind<kKindBF16, kState, kHist>(g, smem, s, tab, p);
+      launch_kind<kKindBF16, kState, kHist, Tab>(g, smem, s, tab, p);
       break;
     default:
-      launch_kind<kKindGeneric, kState, kHist>(g, smem, s, tab, p);
+      launch_kind<kKindGeneric, kState, kHist, Tab>(g, smem, s, tab, p);
       break;
   }
   PWS_CUDA_CHECK_LAUNCH("fused_kernel launch");
@@ -488,14 +488,57 @@ Layout make_layout(const std::vector<int64_t>& numels, const Request& req) {
   return L;
 }
 
+bool small_tables() {
+  static const bool on = [] {
+    const char* v = std::getenv("PWS_CUDA_SMALL_TABLE");
+    if (v == nullptr || *v == '\0' || std::string(v) == "1") return true;
+    if (std::string(v) == "0") return false;
+    throw std::invalid_argument(std::string("pyweightstat: PWS_CUDA_SMALL_TABLE=") + v +
+                                " is not \"0\" or \"1\"");
+  }();
+  return on;
+}
+
+// tables[i] of a launch, and for a table of at most kSmallBatch tensors (with small_tables()) the
+// same table in a SmallTable, which its moments-only launches carry instead.
 struct LaunchTables {
   std::vector<EntryTable> tables;
+  std::vector<SmallTable> small;
+  std::vector<bool> has_small;
 };
+
+namespace {
+SmallTable small_of(const EntryTable& t) {
+  SmallTable s{};
+  s.count = t.count;
+  s.kind = t.kind;
+  s.merge_group = t.merge_group;
+  s.chunk_base = t.chunk_base;
+  s.group_base = t.group_base;
+  for (int i = 0; i <= t.count; ++i) {
+    s.chunk_begin[i] = t.chunk_begin[i];
+    s.group_begin[i] = t.group_begin[i];
+    s.unit_begin[i] = t.unit_begin[i];
+  }
+  for (int i = 0; i < t.count; ++i) {
+    s.index[i] = t.index[i];
+    s.chunk[i] = t.chunk[i];
+    s.entries[i] = t.entries[i];
+  }
+  return s;
+}
+}  // namespace
 
 std::shared_ptr<const LaunchTables> make_launch_tables(const std::vector<Entry>& entries,
                                                        const Request& req) {
   auto t = std::make_shared<LaunchTables>();
   t->tables = make_tables(entries, split_for(req));
+  const bool small = small_tables();
+  for (const EntryTable& tab : t->tables) {
+    const bool fits = small && tab.count <= kSmallBatch;
+    t->has_small.push_back(fits);
+    t->small.push_back(fits ? small_of(tab) : SmallTable{});
+  }
   return t;
 }
 
@@ -531,14 +574,20 @@ void launch_describe(const LaunchTables& launch_tables, const Request& req, cons
   }
   const std::vector<EntryTable>& tables = launch_tables.tables;
   const size_t smem = p.shared_hist ? shared_hist_bytes(req) : 0;
-  if (req.hist_kind == kHistUniform && req.edge_mode == kEdgesData) {
-    for (const EntryTable& tab : tables) {
-      launch_fused<true, kHistNone>(tab, p, 0, s);
+  const auto moments = [&](size_t i) {  // the moments pass of table i, in the smallest table
+    if (launch_tables.has_small[i]) {
+      launch_fused<true, kHistNone>(launch_tables.small[i], p, 0, s);
+    } else {
+      launch_fused<true, kHistNone>(tables[i], p, 0, s);
     }
+  };
+  if (req.hist_kind == kHistUniform && req.edge_mode == kEdgesData) {
+    for (size_t i = 0; i < tables.size(); ++i) moments(i);
     for (const EntryTable& tab : tables) launch_fused<false, kHistUniform>(tab, p, smem, s);
     return;
   }
-  for (const EntryTable& tab : tables) {
+  for (size_t i = 0; i < tables.size(); ++i) {
+    const EntryTable& tab = tables[i];
     if (req.hist_kind == kHistUniform) {
       launch_fused<true, kHistUniform>(tab, p, smem, s);
     } else if (req.hist_kind == kHistLog && p.band_b > 0) {
@@ -546,7 +595,7 @@ void launch_describe(const LaunchTables& launch_tables, const Request& req, cons
     } else if (req.hist_kind == kHistLog) {
       launch_fused<true, kHistLog>(tab, p, smem, s);
     } else {
-      launch_fused<true, kHistNone>(tab, p, 0, s);
+      moments(i);
     }
   }
 }

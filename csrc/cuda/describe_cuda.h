@@ -80,6 +80,14 @@ int64_t chunk_length(int64_t numel, bool uniform_histogram);
 constexpr int kMaxCudaDims = 6;
 // Tensors per launch: the table travels as a __grid_constant__ kernel parameter (< 32 KB).
 constexpr int kMaxBatch = 200;
+// A launch of the moments pass (no histogram) over at most this many tensors carries a table
+// sized for them (under 1 KB of parameters with Params) instead of the 29 KB one: every launch
+// copies its whole parameter, and a pass of one tensor has two launches (the fused and the merge
+// kernel). Same fields and code, so the same results bit for bit. Unless the environment sets
+// PWS_CUDA_SMALL_TABLE=0 (read once, like work_split(); "1" is the default; another value makes
+// every CUDA call throw std::invalid_argument), for bench/bench_chunks.py to time both forms.
+constexpr int kSmallBatch = 4;
+bool small_tables();
 // Histogram record per tensor (int64): [underflow, overflow, nan, window_lo_rev, window_hi_p1,
 // counts...]. window_lo_rev = nb - lowest touched finite bucket, window_hi_p1 = highest + 1 (both
 // 0 when no finite value was counted; log layout only).

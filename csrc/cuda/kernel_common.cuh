@@ -38,19 +38,26 @@ PWS_HD constexpr bool is_log(int hist) { return hist == kHistLog || hist == kHis
 // strided or unaligned inputs) goes through one generic kernel that dispatches on the dtype.
 enum KernelKind : int32_t { kKindF32 = 0, kKindF16 = 1, kKindBF16 = 2, kKindGeneric = 3 };
 
-struct EntryTable {
+// The launch table of up to N tensors. A launch copies the whole parameter, so a launch of at most
+// kSmallBatch tensors takes a SmallTable (see describe_cuda.h) and the others an EntryTable; the
+// kernels are templates over the table type, with the same fields and code.
+template <int N>
+struct EntryTableT {
+  static constexpr int kCapacity = N;
   int32_t count;
-  int32_t kind;                        // KernelKind of every entry
-  int64_t merge_group;                 // chunk states per merge block (work_split())
-  int64_t chunk_base;                  // scratch index of this launch's first chunk
-  int64_t chunk_begin[kMaxBatch + 1];  // prefix sums of chunks, relative to chunk_base
-  int64_t group_base;                  // scratch index of this launch's first merge group
-  int32_t group_begin[kMaxBatch + 1];  // prefix sums of merge groups, relative to group_base
-  int32_t unit_begin[kMaxBatch + 1];   // prefix sums of merge units (blocks of merge_kernel)
-  int32_t index[kMaxBatch];            // global tensor index of each entry
-  int32_t chunk[kMaxBatch];            // values per work item of each entry (chunk_of)
-  Entry entries[kMaxBatch];
+  int32_t kind;                // KernelKind of every entry
+  int64_t merge_group;         // chunk states per merge block (work_split())
+  int64_t chunk_base;          // scratch index of this launch's first chunk
+  int64_t chunk_begin[N + 1];  // prefix sums of chunks, relative to chunk_base
+  int64_t group_base;          // scratch index of this launch's first merge group
+  int32_t group_begin[N + 1];  // prefix sums of merge groups, relative to group_base
+  int32_t unit_begin[N + 1];   // prefix sums of merge units (blocks of merge_kernel)
+  int32_t index[N];            // global tensor index of each entry
+  int32_t chunk[N];            // values per work item of each entry (chunk_of)
+  Entry entries[N];
 };
+using EntryTable = EntryTableT<kMaxBatch>;
+using SmallTable = EntryTableT<kSmallBatch>;
 
 struct Params {
   MomentState* states;       // (P + 1)
@@ -75,6 +82,8 @@ struct Params {
 
 static_assert(sizeof(EntryTable) + sizeof(Params) <= 32000,
               "kernel parameters must stay below the 32 KB limit");
+static_assert(sizeof(SmallTable) + sizeof(Params) <= 1024,
+              "a small launch's parameters should stay within 1 KB");
 
 // A value's float32 bits (a float64 value rounded to float32 first).
 __device__ __forceinline__ uint32_t f32_bits(float v) { return __float_as_uint(v); }

@@ -158,8 +158,9 @@ __device__ __forceinline__ int entry_of(const I* begin, int count, int64_t i) {
 }
 
 // One block per merge unit (see above); block u finds its tensor by binary search in unit_begin.
+template <class Tab>
 __global__ void __launch_bounds__(kThreads)
-    merge_kernel(const __grid_constant__ EntryTable tab, const __grid_constant__ Params p) {
+    merge_kernel(const __grid_constant__ Tab tab, const __grid_constant__ Params p) {
   __shared__ MomentState warp_states[kWarps];
   __shared__ int last_flag;
   wait_for_prerequisite_grid();
@@ -191,7 +192,8 @@ __global__ void __launch_bounds__(kThreads)
 // merge kernel. Meant for splits of about one wave of blocks, whose arrivals all come at the end.
 // Out of line, so that it leaves the fused kernel's main loops as they are (inlined, it cost the
 // float32 moments loop 0.12 instructions per value). Called by all threads of the block.
-__device__ __noinline__ void merge_inline(const EntryTable& tab, const Params& p, int t) {
+template <class Tab>
+__device__ __noinline__ void merge_inline(const Tab& tab, const Params& p, int t) {
   __shared__ MomentState merge_states[kWarps];
   __shared__ int last_flag;
   const int64_t gt = tab.index[t];
