@@ -1077,6 +1077,93 @@ def bench_tracker(
             f"    {1e3 * row['tottime_per_call_s']:8.3f} ms  {100 * row['share']:5.1f} %  "
             f"x{row['calls']:<5} {row['function']}"
         )
+    if device == "cuda":
+        out.update(bench_plan_tables(model, step, k, pairs=20, log=log))
+    return out
+
+
+def bench_plan_tables(
+    model: torch.nn.Module, step: Callable[[], None], k: int, pairs: int, log: Callable
+) -> dict[str, Any]:
+    """Per-step tracking with the plan's launch tables as kernel parameters (the default) against
+    a copy of them in device memory (``Plan(device_table=True)``): alternating tracked blocks of
+    ``k`` training steps, P D P D ... P, each D block against the mean of its two P neighbours;
+    the host time of every ``tracker.step()`` and of its ``Plan.launch`` in both forms (CUDA).
+    """
+    from pyweightstat import WeightTracker
+    from pyweightstat.stats import _cuda
+
+    trackers = {}
+    for device_table in (False, True):
+        _cuda.DEVICE_TABLES = device_table
+        try:
+            tr = WeightTracker(model, mantissa_bits=3)
+            tr.record()  # builds the plan (and, for True, copies its tables at the launch)
+            tr.trajectory()
+        finally:
+            _cuda.DEVICE_TABLES = None
+        assert next(iter(tr._plans.values())).device_table is device_table
+        trackers[device_table] = tr
+    step_host: dict[bool, list[float]] = {False: [], True: []}
+    launch_host: dict[bool, list[float]] = {False: [], True: []}
+    plan_launch = _cuda.Plan.launch
+    current: list[bool] = [False]
+
+    def timed_launch(plan: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return plan_launch(plan)
+        finally:
+            launch_host[current[0]].append(time.perf_counter() - t)
+
+    def block(device_table: bool) -> float:
+        tr = trackers[device_table]
+        current[0] = device_table
+        step()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(k):
+            step()
+            t1 = time.perf_counter()
+            tr.step()
+            step_host[device_table].append(time.perf_counter() - t1)
+        tr._drain()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / k
+
+    _cuda.Plan.launch = timed_launch  # type: ignore[method-assign]
+    try:
+        times = [block(bool(i % 2)) for i in range(2 * pairs + 1)]
+    finally:
+        _cuda.Plan.launch = plan_launch  # type: ignore[method-assign]
+    param_s, device_s = times[0::2], times[1::2]
+    fracs = [
+        (device_s[i] - 0.5 * (param_s[i] + param_s[i + 1])) / (0.5 * (param_s[i] + param_s[i + 1]))
+        for i in range(pairs)
+    ]
+    out = {
+        "plan_tables_ab_fraction": statistics.median(fracs),
+        "plan_tables_ab_fractions": fracs,
+        "plan_tables_steps": k,
+        "plan_tables_rounds": pairs,
+    }
+    for device_table, name in ((False, "param"), (True, "device")):
+        out[f"plan_tables_{name}_step_host_median_s"] = statistics.median(step_host[device_table])
+        out[f"plan_tables_{name}_step_host_mean_s"] = statistics.fmean(step_host[device_table])
+        out[f"plan_tables_{name}_launch_host_median_s"] = statistics.median(
+            launch_host[device_table]
+        )
+    log(
+        f"  plan tables in device memory vs as kernel parameters ({pairs} blocks of {k} tracked "
+        f"steps each): step time {100 * out['plan_tables_ab_fraction']:+.2f} % (median); "
+        "tracker.step() host time median/mean "
+        f"{1e3 * out['plan_tables_device_step_host_median_s']:.3f}/"
+        f"{1e3 * out['plan_tables_device_step_host_mean_s']:.3f} ms against "
+        f"{1e3 * out['plan_tables_param_step_host_median_s']:.3f}/"
+        f"{1e3 * out['plan_tables_param_step_host_mean_s']:.3f} ms; Plan.launch median "
+        f"{1e3 * out['plan_tables_device_launch_host_median_s']:.3f} ms against "
+        f"{1e3 * out['plan_tables_param_launch_host_median_s']:.3f} ms"
+    )
     return out
 
 
@@ -1251,6 +1338,24 @@ def main(argv: list[str] | None = None) -> int:
                 f"{1e3 * many['tracker_step_host_max_s']:.3f} ms; the mean is "
                 f"{100 * many['tracker_step_host_mean_s'] / many['tracker_ab_plain_s']:.2f} % of "
                 f"an untracked step ({1e3 * many['tracker_ab_plain_s']:.1f} ms)"
+            )
+        if "tracker_launch_host_median_s" in many:
+            md += (
+                f"\n- of which `Plan.launch`: median "
+                f"{1e3 * many['tracker_launch_host_median_s']:.3f} ms, mean "
+                f"{1e3 * many['tracker_launch_host_mean_s']:.3f} ms; the GPU was still busy with "
+                f"the training step at {100 * many['tracker_gpu_busy_fraction']:.0f} % of the calls"
+            )
+        if "plan_tables_ab_fraction" in many:
+            md += (
+                "\n- the plan's launch tables in device memory instead of kernel parameters "
+                f"({many['plan_tables_rounds']} alternating blocks of {many['plan_tables_steps']} "
+                f"tracked steps): step time {100 * many['plan_tables_ab_fraction']:+.2f} % "
+                "(median); `tracker.step()` host time median "
+                f"{1e3 * many['plan_tables_device_step_host_median_s']:.3f} ms against "
+                f"{1e3 * many['plan_tables_param_step_host_median_s']:.3f} ms, `Plan.launch` "
+                f"median {1e3 * many['plan_tables_device_launch_host_median_s']:.3f} ms against "
+                f"{1e3 * many['plan_tables_param_launch_host_median_s']:.3f} ms"
             )
         if "train_step_host_s" in many:
             md += (

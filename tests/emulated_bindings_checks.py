@@ -302,3 +302,29 @@ def test_small_launch_tables_give_the_same_bits() -> None:
     if path:
         with open(path, "wb") as fh:
             fh.write(b"".join(dump))
+
+
+def test_plan_device_tables_give_the_same_bits() -> None:
+    # CudaPlan(device_table=True): the tables copied to device memory at the first launch, the
+    # kernels read them through a pointer; fetch_many's arrays equal the default form's, which
+    # equal describe_many's (test_plan_and_fetch_many_match_describe_many).
+    xs = _plan_inputs()
+    assert _C.cuda_plan_device_tables() is False  # PWS_CUDA_PLAN_TABLE unset: parameters
+    names = [f"xs[{i}]" for i in range(len(xs))]
+    outs = []
+    for device_table in (False, True):
+        for hist_kind, m in ((2, 3), (2, 7), (0, 0)):
+            caps = [FakeCuda(x).__dlpack__() for x in xs]
+            plan = _C.CudaPlan(caps, names, 0, hist_kind, m, device_table)
+            assert plan.device_table is device_table
+            results = [plan.launch(0, None, True) for _ in range(2)]
+            del plan  # the results keep the tables (and their device copy) alive
+            outs.append(_C.fetch_many(results))
+        caps = [FakeCuda(x).__dlpack__() for x in xs]
+        dropped = _C.CudaPlan(caps, names, 0, 2, 3, device_table).launch(0, None, True)
+        del dropped  # freed unread: the queued kernels run before the device copy is freed
+    for a, b in zip(outs[:3], outs[3:], strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
+    summaries, total = pws.describe_many([FakeCuda(x) for x in xs], total=True, mantissa_bits=3)
+    _check_fetch_many(outs[3], [[*summaries, total]] * 2)

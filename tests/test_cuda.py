@@ -447,15 +447,21 @@ def test_enqueue_does_not_block_the_host() -> None:
     assert total.count == sum(s.count for s in res)
 
 
-def test_cuda_graph_capture_and_replay() -> None:
-    xs = [_data(n, torch.float32, seed=n) for n in (5, 3000, 70_000, 200_000)]
+def _warm_up_beside_a_capture(xs: list[torch.Tensor]) -> None:
+    """Load the kernels of describe_many(xs, mantissa_bits=3, total=True) on a side stream, as
+    torch recommends before capturing a graph."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up outside the capture (loads the kernels)
+    with torch.cuda.stream(side):
         for _ in range(2):
-            _, wt = pws.describe_many(xs, mantissa_bits=3, total=True)
-            _ = wt.count
+            _, total = pws.describe_many(xs, mantissa_bits=3, total=True)
+            _ = total.count
     torch.cuda.current_stream().wait_stream(side)
+
+
+def test_cuda_graph_capture_and_replay() -> None:
+    xs = [_data(n, torch.float32, seed=n) for n in (5, 3000, 70_000, 200_000)]
+    _warm_up_beside_a_capture(xs)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
         res, total = pws.describe_many(xs, mantissa_bits=3, total=True)
@@ -478,11 +484,7 @@ def test_reading_results_during_capture_raises() -> None:
     # A read inside the capture would sync a capturing stream (invalidating the user's graph):
     # it raises a clear error instead, and the capture itself still ends cleanly.
     xs = [_data(n, torch.float32, seed=n) for n in (3000, 70_000)]
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # warm-up outside the capture (loads the kernels)
-        _ = pws.describe_many(xs, mantissa_bits=3)[0].count
-    torch.cuda.current_stream().wait_stream(side)
+    _warm_up_beside_a_capture(xs)
     g = torch.cuda.CUDAGraph()
     with pytest.raises(RuntimeError, match="after the capture ends"):
         with torch.cuda.graph(g):
@@ -610,6 +612,47 @@ def test_plan_and_fetch_many_match_describe_many() -> None:
             off += k
             assert tuple(flows[r, t]) == (h.underflow, h.overflow, h.nan_count)
     assert off == len(counts)
+
+
+def test_plan_device_tables_give_the_same_bits() -> None:
+    # Plan(device_table=True): the launch tables copied to device memory once, the launches carry
+    # a pointer; the same kernels, so fetch_many's arrays are identical to the default form's.
+    from pyweightstat.stats import _cuda
+
+    xs = _plan_inputs()
+    outs = []
+    for device_table in (False, True):
+        for m in (3, 7, None):  # log histograms in shared memory, in a band, and moments only
+            plan = _cuda.Plan(xs, m, device_table=device_table)
+            assert plan.device_table is device_table
+            results = [plan.launch() for _ in range(2)]
+            del plan  # the results keep the tables (and their device copy) alive
+            outs.append(_cuda.fetch_many(results))
+        dropped = _cuda.Plan(xs, 3, device_table=device_table).launch()
+        del dropped  # freed unread: the device copy is freed after the device finished
+    for a, b in zip(outs[:3], outs[3:], strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
+
+
+def test_plan_device_table_first_launched_in_a_graph_capture() -> None:
+    # A plan whose first launch is captured keeps its tables as parameters in the graph (a copy
+    # made during the capture would exist only in replays); its next eager launch copies them.
+    from pyweightstat.stats import _cuda
+
+    xs = [_data(n, torch.float32, seed=n) for n in (3000, 70_000)]
+    plan = _cuda.Plan(xs, 3, device_table=True)
+    _warm_up_beside_a_capture(xs)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        captured = plan.launch()
+    g.replay()
+    eager = plan.launch()
+    torch.cuda.synchronize()
+    want = _cuda.fetch_many([_cuda.Plan(xs, 3, device_table=False).launch()])
+    for got in (_cuda.fetch_many([captured]), _cuda.fetch_many([eager])):
+        for x, y in zip(got, want, strict=True):
+            assert x.tobytes() == y.tobytes()
 
 
 def test_plan_refuses_inputs_it_cannot_follow() -> None:

@@ -262,8 +262,8 @@ class CudaResult {
     }
   }
 
-  // Keep `inputs` (e.g. a plan's imported tensors) alive as long as this result.
-  void keep_alive(std::shared_ptr<const void> inputs) { keep_alive_ = std::move(inputs); }
+  // Keep `inputs` (e.g. a plan's imported tensors or its tables) alive as long as this result.
+  void keep_alive(std::shared_ptr<const void> inputs) { keep_alive_.push_back(std::move(inputs)); }
 
   int device() const { return device_; }
   const cu::Request& request() const { return req_; }
@@ -420,7 +420,7 @@ class CudaResult {
   bool total_ready_ = false;
   bool total_hist_ = false;
   void* event_ = nullptr;
-  std::shared_ptr<const void> keep_alive_;
+  std::vector<std::shared_ptr<const void>> keep_alive_;
 };
 
 // Imported inputs of one call: the DLPack owners keep the producers' memory alive.
@@ -518,12 +518,14 @@ std::unique_ptr<CudaResult> describe_cuda(const py::list& caps,
 class CudaPlan {
  public:
   CudaPlan(const py::list& caps, const std::vector<std::string>& names, int device, int hist_kind,
-           int mantissa_bits)
+           int mantissa_bits, const py::object& device_table)
       : device_(device),
         in_(std::make_shared<Inputs>(import_inputs(caps, names, device))),
         req_(make_request(hist_kind, 0, mantissa_bits, cu::kEdgesNone, 0.0, 1.0)),
         layout_(cu::make_layout(in_->numels, req_)),
-        tables_(cu::make_launch_tables(in_->entries, req_)) {
+        tables_(cu::make_plan_tables(
+            in_->entries, req_, device,
+            device_table.is_none() ? cu::plan_device_tables() : device_table.cast<bool>())) {
     if (hist_kind == cu::kHistUniform) {
       throw py::value_error("CudaPlan supports no histogram or log histograms");
     }
@@ -534,12 +536,14 @@ class CudaPlan {
     // The inputs outlive every result's work even if the plan is dropped first (the caching
     // allocator could otherwise hand their memory to a stream other than the kernels' one).
     res->keep_alive(in_);
+    res->keep_alive(tables_);  // a device copy of the tables, read by the kernels
     if (total) res->launch_total(req_.hist_kind == cu::kHistLog);
     return res;
   }
 
   int64_t tensors() const { return layout_.tensors; }
   size_t result_bytes() const { return layout_.result_bytes; }
+  bool device_table() const { return cu::wants_device_copy(*tables_); }
 
  private:
   int device_;
@@ -729,9 +733,12 @@ void register_cuda(py::module_& m) {
       .def_property_readonly("nbytes", &CudaResult::nbytes);
   py::class_<CudaPlan>(m, "CudaPlan",
                        "Inputs imported once, described again at every launch() (private).")
-      .def(py::init<const py::list&, const std::vector<std::string>&, int, int, int>(),
+      .def(py::init<const py::list&, const std::vector<std::string>&, int, int, int,
+                    const py::object&>(),
            py::arg("capsules"), py::arg("names"), py::arg("device"), py::arg("hist_kind"),
-           py::arg("mantissa_bits"))
+           py::arg("mantissa_bits"), py::arg("device_table") = py::none())
+      .def_property_readonly("device_table", &CudaPlan::device_table,
+                             "Whether the launches read the tables from device memory.")
       .def("launch", &CudaPlan::launch, py::arg("stream"), py::arg("allocator"), py::arg("total"),
            "Enqueue the fused pass (and the total) on `stream`; returns a CudaResult.")
       .def_property_readonly("tensors", &CudaPlan::tensors)
@@ -757,6 +764,8 @@ void register_cuda(py::module_& m) {
         "under this process's work split (PWS_CUDA_CHUNK / PWS_CUDA_BLOCKS, read once), in a "
         "request without (default) or with a uniform histogram. Host only.");
   m.attr("CUDA_CHUNK") = cu::kChunk;
+  m.def("cuda_plan_device_tables", &cu::plan_device_tables,
+        "The plans' default for device_table (PWS_CUDA_PLAN_TABLE, read once; private).");
   m.def("cuda_small_tables", &cu::small_tables,
         "Whether a moments-only launch over at most CUDA_SMALL_BATCH tensors carries the small "
         "launch table (PWS_CUDA_SMALL_TABLE, read once; private, for tests and benchmarks).");

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -55,9 +56,10 @@ template <int kKind, int kHist>
 constexpr int kMinBlocks =
     kKind == kKindGeneric || kHist == kHistUniform || (is_log(kHist) && kKind != kKindF32) ? 3 : 4;
 
-template <int kKind, bool kState, int kHist, class Tab>
+template <int kKind, bool kState, int kHist, class Arg>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<kKind, kHist>)
-    fused_kernel(const __grid_constant__ Tab tab, const __grid_constant__ Params p) {
+    fused_kernel(const __grid_constant__ Arg arg, const __grid_constant__ Params p) {
+  const auto& tab = table_of(arg);  // the parameter itself, or a plan's table in device memory
   PWS_DYNAMIC_SHARED(unsigned char, dyn_smem);
   __shared__ WarpSums warp_sums[kWarps];
   __shared__ int32_t block_window[2];  // log: the block's touched finite buckets (lo, hi)
@@ -247,17 +249,17 @@ Params make_params(const Request& req, const Layout& L, void* result, void* scra
   return p;
 }
 
-template <int kKind, bool kState, int kHist, class Tab>
-void launch_kind(const dim3& g, size_t smem, cudaStream_t s, const Tab& tab, const Params& p) {
+template <int kKind, bool kState, int kHist, class Arg>
+void launch_kind(const dim3& g, size_t smem, cudaStream_t s, const Arg& arg, const Params& p) {
   if (smem > 32 * 1024) {  // opt in above the default 48 KB (static shared memory included)
     // Set at every such launch (about a microsecond; the tracker's m = 3 needs 16 KB and never
     // gets here), so a device reset elsewhere in the process cannot leave it unset, and to the
     // most any launch asks for, so concurrent callers set the same value.
-    PWS_CUDA_CHECK(cudaFuncSetAttribute(fused_kernel<kKind, kState, kHist, Tab>,
+    PWS_CUDA_CHECK(cudaFuncSetAttribute(fused_kernel<kKind, kState, kHist, Arg>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(shared_hist_max())));
   }
-  PWS_LAUNCH(g, kThreads, smem, s, fused_kernel<kKind, kState, kHist, Tab>)(tab, p);
+  PWS_LAUNCH(g, kThreads, smem, s, fused_kernel<kKind, kState, kHist, Arg>)(arg, p);
 }
 
 #if !defined(PWS_CUDA_EMULATION)
@@ -276,12 +278,13 @@ bool dependent_launch() {
 }
 #endif
 
-// Enqueue the merge of the chunk states of a table's tensors, right after its fused launch.
-template <class Tab>
-void launch_merge(const Tab& tab, const Params& p, cudaStream_t s) {
+// Enqueue the merge of the chunk states of a table's tensors, right after its fused launch
+// (`tab` on the host, `arg` what the kernel gets: the table itself or a TablePtr to its copy).
+template <class Tab, class Arg>
+void launch_merge(const Tab& tab, const Arg& arg, const Params& p, cudaStream_t s) {
   const dim3 g(static_cast<unsigned>(tab.unit_begin[tab.count]));
 #if defined(PWS_CUDA_EMULATION)
-  PWS_LAUNCH(g, kThreads, 0, s, merge_kernel<Tab>)(tab, p);
+  PWS_LAUNCH(g, kThreads, 0, s, merge_kernel<Arg>)(arg, p);
   PWS_CUDA_CHECK_LAUNCH("merge_kernel launch");
 #else
   cudaLaunchAttribute attr[1];
@@ -294,12 +297,13 @@ void launch_merge(const Tab& tab, const Params& p, cudaStream_t s) {
   cfg.stream = s;
   cfg.attrs = attr;
   cfg.numAttrs = dependent_launch() ? 1 : 0;
-  PWS_CUDA_CHECK(cudaLaunchKernelEx(&cfg, merge_kernel<Tab>, tab, p));
+  PWS_CUDA_CHECK(cudaLaunchKernelEx(&cfg, merge_kernel<Arg>, arg, p));
 #endif
 }
 
-template <bool kState, int kHist, class Tab>
-void launch_fused(const Tab& tab, const Params& p, size_t smem, cudaStream_t s) {
+// The fused launch of a table (`tab` on the host; `arg` as for launch_merge).
+template <bool kState, int kHist, class Tab, class Arg>
+void launch_fused(const Tab& tab, const Arg& arg, const Params& p, size_t smem, cudaStream_t s) {
   const int64_t grid = tab.chunk_begin[tab.count];
   if (grid == 0) return;
   if (grid > INT_MAX)
@@ -307,21 +311,21 @@ void launch_fused(const Tab& tab, const Params& p, size_t smem, cudaStream_t s) 
   const dim3 g(static_cast<unsigned>(grid));
   switch (tab.kind) {
     case kKindF32:
-      launch_kind<kKindF32, kState, kHist, Tab>(g, smem, s, tab, p);
+      launch_kind<kKindF32, kState, kHist, Arg>(g, smem, s, arg, p);
       break;
     case kKindF16:
-      launch_kind<kKindF16, kState, kHist, Tab>(g, smem, s, tab, p);
+      launch_kind<kKindF16, kState, kHist, Arg>(g, smem, s, arg, p);
       break;
     case kKindBF16:
-      launch_kind<kKindBF16, kState, kHist, Tab>(g, smem, s, tab, p);
+      launch_kind<kKindBF16, kState, kHist, Arg>(g, smem, s, arg, p);
       break;
     default:
-      launch_kind<kKindGeneric, kState, kHist, Tab>(g, smem, s, tab, p);
+      launch_kind<kKindGeneric, kState, kHist, Arg>(g, smem, s, arg, p);
       break;
   }
   PWS_CUDA_CHECK_LAUNCH("fused_kernel launch");
   if constexpr (kState) {
-    if (!p.inline_merge) launch_merge(tab, p, s);
+    if (!p.inline_merge) launch_merge(tab, arg, p, s);
   }
 }
 
@@ -382,14 +386,19 @@ int64_t split_from_env(const char* name, int64_t fallback, int64_t lo, int64_t h
   return static_cast<int64_t>(x);
 }
 
-// PWS_CUDA_MERGE: false (a merge kernel) when unset or "kernel", true for "inline".
-bool merge_mode_from_env() {
-  const char* v = std::getenv("PWS_CUDA_MERGE");
-  if (v == nullptr || *v == '\0' || std::string(v) == "kernel") return false;
-  if (std::string(v) == "inline") return true;
-  throw std::invalid_argument(std::string("pyweightstat: PWS_CUDA_MERGE=") + v +
-                              " is not \"kernel\" or \"inline\"");
+// An environment variable naming one of two choices: `fallback` when unset or empty, false for
+// `no`, true for `yes`; any other value throws std::invalid_argument.
+bool flag_from_env(const char* name, const char* no, const char* yes, bool fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  if (std::string(v) == no) return false;
+  if (std::string(v) == yes) return true;
+  throw std::invalid_argument(std::string("pyweightstat: ") + name + "=" + v + " is not \"" + no +
+                              "\" or \"" + yes + "\"");
 }
+
+// PWS_CUDA_MERGE: false (a merge kernel) when unset or "kernel", true for "inline".
+bool merge_mode_from_env() { return flag_from_env("PWS_CUDA_MERGE", "kernel", "inline", false); }
 
 // The work split of a request: chunks longer than kChunk only without a uniform histogram
 // (describe_cuda.h, kBigChunk).
@@ -489,23 +498,85 @@ Layout make_layout(const std::vector<int64_t>& numels, const Request& req) {
 }
 
 bool small_tables() {
-  static const bool on = [] {
-    const char* v = std::getenv("PWS_CUDA_SMALL_TABLE");
-    if (v == nullptr || *v == '\0' || std::string(v) == "1") return true;
-    if (std::string(v) == "0") return false;
-    throw std::invalid_argument(std::string("pyweightstat: PWS_CUDA_SMALL_TABLE=") + v +
-                                " is not \"0\" or \"1\"");
-  }();
+  static const bool on = flag_from_env("PWS_CUDA_SMALL_TABLE", "0", "1", true);
+  return on;
+}
+
+bool plan_device_tables() {
+  static const bool on = flag_from_env("PWS_CUDA_PLAN_TABLE", "param", "device", false);
   return on;
 }
 
 // tables[i] of a launch, and for a table of at most kSmallBatch tensors (with small_tables()) the
-// same table in a SmallTable, which its moments-only launches carry instead.
+// same table in a SmallTable, which its moments-only launches carry instead. A plan's tables
+// with plan_device_tables() are also copied to device memory once (device_copy), and its
+// launches then carry a pointer to them.
 struct LaunchTables {
   std::vector<EntryTable> tables;
   std::vector<SmallTable> small;
   std::vector<bool> has_small;
+  bool want_device = false;
+  int device = 0;
+
+  LaunchTables() = default;
+  LaunchTables(const LaunchTables&) = delete;
+  LaunchTables& operator=(const LaunchTables&) = delete;
+  ~LaunchTables();
+  // The tables in device memory, copied at the first call outside a graph capture on `s` (a
+  // capture would hold only a captured copy); nullptr without want_device, during such a
+  // capture, or for good if the copy failed (the launches then carry the tables as parameters).
+  const EntryTable* device_copy(cudaStream_t s) const;
+
+ private:
+  mutable std::mutex mu_;
+  mutable EntryTable* dev_ = nullptr;
+  mutable bool dev_failed_ = false;
 };
+
+const EntryTable* LaunchTables::device_copy(cudaStream_t s) const {
+  if (!want_device) return nullptr;
+  const std::lock_guard<std::mutex> lock(mu_);
+  if (dev_ != nullptr || dev_failed_ || stream_is_capturing(s)) return dev_;
+  // Synchronous, once per plan, on a private stream (so it waits for nothing else); other
+  // threads' graph captures are left alone, as in the fetches.
+  const size_t bytes = tables.size() * sizeof(EntryTable);
+  const int mode = exchange_capture_mode(kCaptureModeThreadLocal);
+  void* ptr = nullptr;
+  cudaStream_t side = nullptr;
+  const bool ok =
+      cudaMalloc(&ptr, bytes) == cudaSuccess &&
+      cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking) == cudaSuccess &&
+      cudaMemcpyAsync(ptr, tables.data(), bytes, cudaMemcpyHostToDevice, side) == cudaSuccess &&
+      cudaStreamSynchronize(side) == cudaSuccess;
+  if (side != nullptr) (void)cudaStreamDestroy(side);
+  restore_capture_mode_noexcept(mode);
+  if (!ok) {
+    (void)cudaGetLastError();
+    if (ptr != nullptr) (void)cudaFree(ptr);
+    dev_failed_ = true;
+    return nullptr;
+  }
+  dev_ = static_cast<EntryTable*>(ptr);
+  return dev_;
+}
+
+LaunchTables::~LaunchTables() {
+  if (dev_ == nullptr) return;
+  // Work launched with these tables may still be queued (results dropped unread): wait for the
+  // device, then free them (other threads' graph captures are left alone).
+  int prev = 0;
+  const bool have_prev = cudaGetDevice(&prev) == cudaSuccess;
+  set_device_noexcept(device);
+  const int mode = [] {
+    cudaStreamCaptureMode m = cudaStreamCaptureModeThreadLocal;
+    return cudaThreadExchangeStreamCaptureMode(&m) == cudaSuccess ? static_cast<int>(m) : -1;
+  }();
+  (void)cudaDeviceSynchronize();
+  (void)cudaFree(dev_);
+  if (mode >= 0) restore_capture_mode_noexcept(mode);
+  if (have_prev) set_device_noexcept(prev);
+  (void)cudaGetLastError();
+}
 
 namespace {
 SmallTable small_of(const EntryTable& t) {
@@ -528,6 +599,17 @@ SmallTable small_of(const EntryTable& t) {
   return s;
 }
 }  // namespace
+
+std::shared_ptr<const LaunchTables> make_plan_tables(const std::vector<Entry>& entries,
+                                                     const Request& req, int device,
+                                                     bool device_table) {
+  auto t = std::const_pointer_cast<LaunchTables>(make_launch_tables(entries, req));
+  t->want_device = device_table;
+  t->device = device;
+  return t;
+}
+
+bool wants_device_copy(const LaunchTables& tables) { return tables.want_device; }
 
 std::shared_ptr<const LaunchTables> make_launch_tables(const std::vector<Entry>& entries,
                                                        const Request& req) {
@@ -574,28 +656,40 @@ void launch_describe(const LaunchTables& launch_tables, const Request& req, cons
   }
   const std::vector<EntryTable>& tables = launch_tables.tables;
   const size_t smem = p.shared_hist ? shared_hist_bytes(req) : 0;
-  const auto moments = [&](size_t i) {  // the moments pass of table i, in the smallest table
-    if (launch_tables.has_small[i]) {
-      launch_fused<true, kHistNone>(launch_tables.small[i], p, 0, s);
+  const EntryTable* dev = req.hist_kind == kHistUniform ? nullptr : launch_tables.device_copy(s);
+  // Table i's fused pass with states (and its merge), no or log histograms: the launch carries
+  // the small table (moments of a few tensors), a pointer to the plan's device copy, or the table.
+  const auto launch = [&](auto hist_tag, size_t i, size_t shared) {
+    constexpr int kHist = decltype(hist_tag)::value;
+    if constexpr (kHist == kHistNone) {
+      if (launch_tables.has_small[i]) {
+        const SmallTable& tab = launch_tables.small[i];
+        launch_fused<true, kHist>(tab, tab, p, shared, s);
+        return;
+      }
+    }
+    if (dev != nullptr) {
+      launch_fused<true, kHist>(tables[i], TablePtr{dev + i}, p, shared, s);
     } else {
-      launch_fused<true, kHistNone>(tables[i], p, 0, s);
+      launch_fused<true, kHist>(tables[i], tables[i], p, shared, s);
     }
   };
+  using None = std::integral_constant<int, kHistNone>;
   if (req.hist_kind == kHistUniform && req.edge_mode == kEdgesData) {
-    for (size_t i = 0; i < tables.size(); ++i) moments(i);
-    for (const EntryTable& tab : tables) launch_fused<false, kHistUniform>(tab, p, smem, s);
+    for (size_t i = 0; i < tables.size(); ++i) launch(None{}, i, 0);
+    for (const EntryTable& tab : tables) launch_fused<false, kHistUniform>(tab, tab, p, smem, s);
     return;
   }
   for (size_t i = 0; i < tables.size(); ++i) {
     const EntryTable& tab = tables[i];
     if (req.hist_kind == kHistUniform) {
-      launch_fused<true, kHistUniform>(tab, p, smem, s);
+      launch_fused<true, kHistUniform>(tab, tab, p, smem, s);
     } else if (req.hist_kind == kHistLog && p.band_b > 0) {
-      launch_fused<true, kHistLogBand>(tab, p, smem, s);
+      launch(std::integral_constant<int, kHistLogBand>{}, i, smem);
     } else if (req.hist_kind == kHistLog) {
-      launch_fused<true, kHistLog>(tab, p, smem, s);
+      launch(std::integral_constant<int, kHistLog>{}, i, smem);
     } else {
-      moments(i);
+      launch(None{}, i, 0);
     }
   }
 }

@@ -151,6 +151,20 @@ void launch_describe(const std::vector<Entry>& entries, const Request& req, cons
 // The same with tables from make_launch_tables(entries, req).
 void launch_describe(const LaunchTables& tables, const Request& req, const Layout& layout,
                      void* result, void* scratch, void* stream, const double* host_edges);
+// A CudaPlan's tables: make_launch_tables', and with `device_table` also copied to `device`'s
+// memory at the plan's first launch outside a graph capture, after which its launches carry a
+// pointer to them instead of the 29 KB table (the device memory is freed with the last holder,
+// after waiting for the device).
+std::shared_ptr<const LaunchTables> make_plan_tables(const std::vector<Entry>& entries,
+                                                     const Request& req, int device,
+                                                     bool device_table);
+// The plans' default for device_table, from PWS_CUDA_PLAN_TABLE: "param" (unset: false, a plan's
+// launches carry their tables like every other launch) or "device" (true); read once, another
+// value makes every CUDA call throw std::invalid_argument. Until one form has measured better
+// on a GPU, bench/bench_stats.py times both.
+bool plan_device_tables();
+// Whether `tables` were made by make_plan_tables with device_table.
+bool wants_device_copy(const LaunchTables& tables);
 
 // Enqueue the merge of all P tensor states (and, with `with_hist`, histogram records) into slot P.
 void launch_total(const Request& req, const Layout& layout, void* result, void* stream,

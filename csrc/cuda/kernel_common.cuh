@@ -59,6 +59,17 @@ struct EntryTableT {
 using EntryTable = EntryTableT<kMaxBatch>;
 using SmallTable = EntryTableT<kSmallBatch>;
 
+// A launch table in device memory (a CudaPlan's, with PWS_CUDA_PLAN_TABLE=device): the launch
+// carries this pointer, and the kernels read the table through it (table_of).
+struct TablePtr {
+  const EntryTable* p;
+};
+template <int N>
+PWS_HD const EntryTableT<N>& table_of(const EntryTableT<N>& t) {
+  return t;
+}
+PWS_HD inline const EntryTable& table_of(const TablePtr& t) { return *t.p; }
+
 struct Params {
   MomentState* states;       // (P + 1)
   MomentState* scratch;      // one per chunk, then one per merge group

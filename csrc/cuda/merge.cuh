@@ -158,12 +158,13 @@ __device__ __forceinline__ int entry_of(const I* begin, int count, int64_t i) {
 }
 
 // One block per merge unit (see above); block u finds its tensor by binary search in unit_begin.
-template <class Tab>
+template <class Arg>
 __global__ void __launch_bounds__(kThreads)
-    merge_kernel(const __grid_constant__ Tab tab, const __grid_constant__ Params p) {
+    merge_kernel(const __grid_constant__ Arg arg, const __grid_constant__ Params p) {
   __shared__ MomentState warp_states[kWarps];
   __shared__ int last_flag;
   wait_for_prerequisite_grid();
+  const auto& tab = table_of(arg);
   const int64_t u = blockIdx.x;
   const int t = entry_of(tab.unit_begin, tab.count, u);
   const int64_t gt = tab.index[t];

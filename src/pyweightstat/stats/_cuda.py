@@ -285,6 +285,12 @@ def _same_bins(hists: list[Histogram | None]) -> bool:
     return all(h.kind == "uniform" and np.array_equal(h.edges, h0.edges) for h in hists)
 
 
+#: The default of :class:`Plan`'s ``device_table`` (``None``: ``PWS_CUDA_PLAN_TABLE``); for
+#: benchmarks that compare both forms in one process (e.g. a WeightTracker's plans are built at
+#: its first record).
+DEVICE_TABLES: bool | None = None
+
+
 class Plan:
     """A fixed list of CUDA ``torch`` tensors described again and again with one launch each.
 
@@ -301,6 +307,12 @@ class Plan:
         Log histograms with this many mantissa bits, or ``None`` for moments only.
     names : list of str, optional
         Names used in error messages.
+    device_table : bool, optional
+        Copy the launch tables to device memory at the first launch outside a CUDA graph
+        capture, so that each launch carries a pointer instead of the tables (28,848 bytes per
+        200 tensors); ``None``: :data:`DEVICE_TABLES`, or where that is ``None`` the
+        environment (``PWS_CUDA_PLAN_TABLE=device``; unset: ``False``). Freeing such a plan
+        (with its last result) waits for the device.
 
     Raises
     ------
@@ -310,7 +322,11 @@ class Plan:
     """
 
     def __init__(
-        self, tensors: list[Any], mantissa_bits: int | None, names: list[str] | None = None
+        self,
+        tensors: list[Any],
+        mantissa_bits: int | None,
+        names: list[str] | None = None,
+        device_table: bool | None = None,
     ) -> None:
         import torch
 
@@ -339,11 +355,18 @@ class Plan:
         hist_kind = _HIST_NONE if mantissa_bits is None else _HIST_LOG
         with torch.cuda.device(dev):
             caps = [t.__dlpack__(stream=-1) for t in self._tensors]
+            if device_table is None:
+                device_table = DEVICE_TABLES
             self._plan = _core().CudaPlan(
-                caps, [p.name for p in items], dev, hist_kind, mantissa_bits or 0
+                caps, [p.name for p in items], dev, hist_kind, mantissa_bits or 0, device_table
             )
         self._device = torch.device("cuda", dev)
         self._alloc = _torch_allocator(self._device)
+
+    @property
+    def device_table(self) -> bool:
+        """Whether the launches read the tables from device memory (see ``device_table``)."""
+        return bool(self._plan.device_table)
 
     @property
     def result_bytes(self) -> int:
