@@ -2,7 +2,7 @@
 
 Most machines that run these tests (CI included) have no GPU, so ``tests/test_cuda.py`` is
 skipped there. Here the engine's own launchers and kernels (``describe_cuda.cu``,
-``distances_cuda.cu``) are compiled with ``-DPWS_CUDA_EMULATION`` against
+``fused_variants.cu``, ``distances_cuda.cu``) are compiled with ``-DPWS_CUDA_EMULATION`` against
 ``tests/cpp/cuda_emu`` (every CUDA thread a fiber, scheduled warp by warp or round robin;
 barriers, warp shuffles, ballots, matches and atomics with their CUDA meaning; deadlocks, partial
 warps and mismatched collectives reported; stream work queued until the host waits) and driven by
@@ -62,6 +62,10 @@ EDGES_NONE, EDGES_RANGE, EDGES_DATA, EDGES_EXPLICIT = 0, 1, 2, 3
 DTYPE_CODE = {torch.float32: 0, torch.float64: 1, torch.float16: 2, torch.bfloat16: 3}
 
 
+# The engine's CUDA translation units (CMakeLists.txt PWS_CUDA_SOURCES).
+CUDA_SOURCES = ("describe_cuda.cu", "fused_variants.cu", "distances_cuda.cu")
+
+
 # ------------------------------------------------------------------------------ the driver
 def _build_driver(out: Path, extra: list[str]) -> Path:
     """The emulated kernels and the driver, compiled with ``extra`` flags into ``out``."""
@@ -76,8 +80,7 @@ def _build_driver(out: Path, extra: list[str]) -> Path:
         "c++",
     ]
     units = [
-        (emulated, ROOT / "csrc" / "cuda" / "describe_cuda.cu"),
-        (emulated, ROOT / "csrc" / "cuda" / "distances_cuda.cu"),
+        *[(emulated, ROOT / "csrc" / "cuda" / f) for f in CUDA_SOURCES],
         (common, ROOT / "tests" / "cpp" / "cuda_emu_check.cpp"),
     ]
     objs = _compile_all(units, out)
@@ -161,9 +164,7 @@ def _build_module(out: Path, extra: list[str], shared: list[Path]) -> Path:
     CUDA bindings and the emulated CUDA sources get the ``extra`` flags."""
     host, emulated = _module_flags(extra)
     units = [(host, ROOT / "csrc" / "bindings" / "register_cuda.cpp")]
-    units += [
-        (emulated, ROOT / "csrc" / "cuda" / f) for f in ("describe_cuda.cu", "distances_cuda.cu")
-    ]
+    units += [(emulated, ROOT / "csrc" / "cuda" / f) for f in CUDA_SOURCES]
     objs = [*shared, *_compile_all(units, out)]
     so = out / ("_C" + sysconfig.get_config_var("EXT_SUFFIX"))
     r = subprocess.run(

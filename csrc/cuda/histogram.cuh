@@ -2,7 +2,7 @@
 // counters in shared memory (a band of them for log histograms with m >= 6) or into the
 // tensor's int64 record in global memory, with integer atomics only, so counts are
 // bit-identical run to run. Filled in the same pass as the moments (moments.cuh consume()).
-// Part of the fused pass; included by describe_cuda.cu only (see kernel_common.cuh).
+// Part of the fused pass; included through fused_launch.cuh only (see kernel_common.cuh).
 #pragma once
 
 #include <climits>

@@ -1,7 +1,9 @@
 // Constants and launch parameters shared by the fused pass's kernel families (loads.cuh,
-// histogram.cuh, moments.cuh, merge.cuh). These headers hold device code with internal linkage:
-// describe_cuda.cu, which defines the kernels and their launchers, is the only file that
-// includes them (one translation unit, so every kernel sees and inlines all of it).
+// histogram.cuh, moments.cuh, merge.cuh). These headers hold device code with internal linkage,
+// included by the translation units that launch the fused pass (describe_cuda.cu, and
+// fused_variants.cu for the small and device launch tables; see fused_launch.cuh), so every
+// kernel sees and inlines all of it. The launch tables and Params have external linkage: those
+// two files pass them to each other.
 #pragma once
 
 #include <cuda_fp16.h>
@@ -31,6 +33,8 @@ constexpr size_t kSharedHistBudget = 72 * 1024;
 // its buckets (LogBand: m >= 6), a kernel of its own so that the others carry none of its code.
 constexpr int kHistLogBand = 3;
 PWS_HD constexpr bool is_log(int hist) { return hist == kHistLog || hist == kHistLogBand; }
+
+}  // namespace
 
 // ---------------------------------------------------------------- kernel parameters
 // Kernel specialisations: contiguous 16-byte aligned float32 / float16 / bfloat16 inputs get a
@@ -95,6 +99,8 @@ static_assert(sizeof(EntryTable) + sizeof(Params) <= 32000,
               "kernel parameters must stay below the 32 KB limit");
 static_assert(sizeof(SmallTable) + sizeof(Params) <= 1024,
               "a small launch's parameters should stay within 1 KB");
+
+namespace {
 
 // A value's float32 bits (a float64 value rounded to float32 first).
 __device__ __forceinline__ uint32_t f32_bits(float v) { return __float_as_uint(v); }

@@ -1,6 +1,6 @@
 // Reading the inputs: vector loads of aligned contiguous data, strided element offsets, and the
 // packed 16-bit paths (extremes and zero counts of two float16/bfloat16 values per 32-bit word).
-// Part of the fused pass; included by describe_cuda.cu only (see kernel_common.cuh).
+// Part of the fused pass; included through fused_launch.cuh only (see kernel_common.cuh).
 #pragma once
 
 #include <cstdint>

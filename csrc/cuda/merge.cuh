@@ -1,7 +1,8 @@
 // Multi-tensor merge family: the chunk states of every tensor of a launch merged in a fixed
 // tree order (merge_kernel, or the fused kernel's last block with PWS_CUDA_MERGE=inline), the
-// data-range bin edges, and the total over all tensors (total_kernel).
-// Part of the fused pass; included by describe_cuda.cu only (see kernel_common.cuh).
+// data-range bin edges, and the merge of all tensors' states into their total (block_merge_states,
+// which describe_cuda.cu's total_kernel runs).
+// Part of the fused pass; included through fused_launch.cuh only (see kernel_common.cuh).
 #pragma once
 
 #include <cstdint>
@@ -202,43 +203,6 @@ __device__ __noinline__ void merge_inline(const Tab& tab, const Params& p, int t
   if (last_arrival(p.tickets + gt, nch, &last_flag)) {
     const MomentState* chunks = p.scratch + tab.chunk_base + tab.chunk_begin[t];
     finish_tensor(p, gt, block_merge_states(chunks, nch, merge_states), merge_states);
-  }
-}
-
-// Tensors whose histogram records one block row of total_kernel adds up (at least).
-constexpr int64_t kTotalGroup = 16;
-
-// Block (0, 0) merges the P tensor states into slot P (fixed order, block_merge_states). With
-// with_hist, block (x, y) adds columns [256 x, 256 x + 256) of the records of tensors [g y, g y +
-// g) into the total record (zeroed first) with integer atomics, so the sums do not depend on the
-// order; the window columns take the maximum.
-__global__ void __launch_bounds__(kThreads)
-    total_kernel(const Params p, int with_hist, int64_t group) {
-  __shared__ MomentState warp_states[kWarps];
-  if (blockIdx.x == 0 && blockIdx.y == 0) {
-    const MomentState r = block_merge_states(p.states, p.tensors, warp_states);
-    if (threadIdx.x == 0) p.states[p.tensors] = r;
-  }
-  if (with_hist) {
-    const int64_t col = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-    const int64_t t0 = static_cast<int64_t>(blockIdx.y) * group;
-    const int64_t t1 = min(p.tensors, t0 + group);
-    if (col < p.record) {
-      const bool is_max = p.hist_kind == kHistLog && (col == 3 || col == 4);
-      unsigned long long acc = 0;
-      for (int64_t t = t0; t < t1; ++t) {
-        const unsigned long long v = p.hist[t * p.record + col];
-        acc = is_max ? (v > acc ? v : acc) : acc + v;
-      }
-      unsigned long long* dst = p.hist + p.tensors * p.record + col;
-      if (acc != 0) {
-        if (is_max) {
-          atomicMax(dst, acc);
-        } else {
-          atomicAdd(dst, acc);
-        }
-      }
-    }
   }
 }
 

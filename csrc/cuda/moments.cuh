@@ -2,7 +2,7 @@
 // a chunk (optionally counting each value into a histogram, histogram.cuh, in the same pass),
 // reduced across the warp and converted to one MomentState per block with the Pebay formulas
 // of pws/moment_state.h (shared with the CPU engine).
-// Part of the fused pass; included by describe_cuda.cu only (see kernel_common.cuh).
+// Part of the fused pass; included through fused_launch.cuh only (see kernel_common.cuh).
 #pragma once
 
 #include <cstdint>
