@@ -19,7 +19,9 @@
 #   5. pyweightstat-run on the smoke preset with --device cuda (MNIST from .carry/data)
 #   6. $OUT/gpu_check.json: step statuses and times, GPU, driver, torch and CUDA versions
 # Step times vary between machines of one kind: on two H200 starts of one session the build took
-# 77 and 143 s, the CUDA tests 86 and 132 s, the benchmark 70 and 85 s, the timeline 9 s. The
+# 77 and 143 s, the CUDA tests 86 and 132 s, the benchmark 70 and 85 s, the timeline 9 s (since
+# the twelfth session the benchmark also alternates 41 tracked ViT-B/16 blocks with the plan's
+# tables as parameters and in device memory, about 40 s more, and the timeline runs twice). The
 # work-split sweep takes what is left before PWS_GPU_DEADLINE_S (default 540 s from the start):
 # give the device call that deadline plus about 40 s as its limit, and count a minute or more for
 # the machine's start against the session's device time (PWS_GPU_SKIP="test_cpu study_smoke").
