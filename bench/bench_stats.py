@@ -43,7 +43,8 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -810,6 +811,40 @@ def _host_profile(
     return rows[:top]
 
 
+def _against_neighbours(base_s: list[float], test_s: list[float]) -> list[float]:
+    """(test block - mean of its two base neighbours) / that mean, for blocks B T B T ... B
+    (``len(base_s) == len(test_s) + 1``): slow drifts of the host or the GPU cancel."""
+    return [
+        (t - 0.5 * (base_s[i] + base_s[i + 1])) / (0.5 * (base_s[i] + base_s[i + 1]))
+        for i, t in enumerate(test_s)
+    ]
+
+
+@contextmanager
+def _timed_plan_launches(sink: Callable[[], list[float]], enabled: bool = True) -> Iterator[None]:
+    """While it lasts (and ``enabled``), every ``Plan.launch`` appends its host time to the list
+    that ``sink()`` returns at that call (CUDA plans only)."""
+    if not enabled:
+        yield
+        return
+    from pyweightstat.stats import _cuda
+
+    plan_launch = _cuda.Plan.launch
+
+    def timed_launch(plan: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return plan_launch(plan)
+        finally:
+            sink().append(time.perf_counter() - t)
+
+    _cuda.Plan.launch = timed_launch  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        _cuda.Plan.launch = plan_launch  # type: ignore[method-assign]
+
+
 def bench_tracker(
     model: torch.nn.Module, step: Callable[[], None], step_s: float, device: str, log: Callable
 ) -> dict[str, Any]:
@@ -956,20 +991,6 @@ def bench_tracker(
     # the tracker was called (a launch then waits for room in a full launch queue, if any).
     launch_host: list[float] = []
     gpu_busy: list[bool] = []
-    plan_launch = None
-    if device == "cuda":
-        from pyweightstat.stats import _cuda
-
-        plan_launch = _cuda.Plan.launch
-
-        def timed_launch(plan: Any) -> Any:
-            t = time.perf_counter()
-            try:
-                return plan_launch(plan)
-            finally:
-                launch_host.append(time.perf_counter() - t)
-
-        _cuda.Plan.launch = timed_launch  # type: ignore[method-assign]
 
     def block(tr: WeightTracker | None) -> float:
         step()
@@ -993,16 +1014,10 @@ def bench_tracker(
         assert tracked.num_records == before + (k if tr is not None else 0)
         return seconds
 
-    try:
+    with _timed_plan_launches(lambda: launch_host, device == "cuda"):
         times = [block(tracked if i % 2 else None) for i in range(2 * pairs + 1)]
-    finally:
-        if plan_launch is not None:
-            _cuda.Plan.launch = plan_launch  # type: ignore[method-assign]
     plain_s, tracked_s = times[0::2], times[1::2]
-    fracs = [
-        (tracked_s[i] - 0.5 * (plain_s[i] + plain_s[i + 1])) / (0.5 * (plain_s[i] + plain_s[i + 1]))
-        for i in range(pairs)
-    ]
+    fracs = _against_neighbours(plain_s, tracked_s)
     out.update(
         tracker_ab_fraction=statistics.median(fracs),
         tracker_ab_fractions=fracs,
@@ -1106,15 +1121,7 @@ def bench_plan_tables(
         trackers[device_table] = tr
     step_host: dict[bool, list[float]] = {False: [], True: []}
     launch_host: dict[bool, list[float]] = {False: [], True: []}
-    plan_launch = _cuda.Plan.launch
     current: list[bool] = [False]
-
-    def timed_launch(plan: Any) -> Any:
-        t = time.perf_counter()
-        try:
-            return plan_launch(plan)
-        finally:
-            launch_host[current[0]].append(time.perf_counter() - t)
 
     def block(device_table: bool) -> float:
         tr = trackers[device_table]
@@ -1131,16 +1138,9 @@ def bench_plan_tables(
         torch.cuda.synchronize()
         return (time.perf_counter() - t0) / k
 
-    _cuda.Plan.launch = timed_launch  # type: ignore[method-assign]
-    try:
+    with _timed_plan_launches(lambda: launch_host[current[0]]):
         times = [block(bool(i % 2)) for i in range(2 * pairs + 1)]
-    finally:
-        _cuda.Plan.launch = plan_launch  # type: ignore[method-assign]
-    param_s, device_s = times[0::2], times[1::2]
-    fracs = [
-        (device_s[i] - 0.5 * (param_s[i] + param_s[i + 1])) / (0.5 * (param_s[i] + param_s[i + 1]))
-        for i in range(pairs)
-    ]
+    fracs = _against_neighbours(times[0::2], times[1::2])
     out = {
         "plan_tables_ab_fraction": statistics.median(fracs),
         "plan_tables_ab_fractions": fracs,

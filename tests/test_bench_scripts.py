@@ -21,6 +21,7 @@ def _load(name: str) -> object:
         spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
         assert spec is not None and spec.loader is not None
         mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses look their module up there
         spec.loader.exec_module(mod)
         return mod
     finally:
@@ -106,3 +107,31 @@ def test_launch_cost_microbenchmark_compiles(tmp_path: Path) -> None:
     else:  # no GPU or driver: a CUDA error named with its call, nothing written
         assert run.returncode == 1 and "cudaSetDevice" in run.stderr, run.stderr
         assert not out.exists()
+
+
+def test_ab_blocks_against_their_neighbours() -> None:
+    # bench_stats' A/B: each test block against the mean of the base blocks on either side
+    b = _load("bench_stats")
+    fracs = b._against_neighbours([1.0, 3.0, 1.0, 4.0], [2.5, 1.0, 2.0])
+    assert fracs == pytest.approx([(2.5 - 2.0) / 2.0, (1.0 - 2.0) / 2.0, (2.0 - 2.5) / 2.5])
+
+
+def test_timed_plan_launches_restores_the_method(monkeypatch: pytest.MonkeyPatch) -> None:
+    # bench_stats' timer of Plan.launch (CUDA only) wraps the method while it lasts, appends one
+    # time per call to the list its sink names at that call, and puts the method back
+    from pyweightstat.stats import _cuda
+
+    b = _load("bench_stats")
+    monkeypatch.setattr(_cuda.Plan, "launch", lambda self: "result")
+    original = _cuda.Plan.launch
+    lists: dict[str, list[float]] = {"a": [], "b": []}
+    current = ["a"]
+    with b._timed_plan_launches(lambda: lists[current[0]]):
+        assert _cuda.Plan.launch(object()) == "result"
+        current[0] = "b"
+        _cuda.Plan.launch(object())
+        _cuda.Plan.launch(object())
+    assert _cuda.Plan.launch is original
+    assert [len(lists["a"]), len(lists["b"])] == [1, 2] and min(lists["a"] + lists["b"]) >= 0
+    with b._timed_plan_launches(lambda: lists["a"], enabled=False):
+        assert _cuda.Plan.launch is original
