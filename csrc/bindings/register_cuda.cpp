@@ -523,9 +523,9 @@ class CudaPlan {
         in_(std::make_shared<Inputs>(import_inputs(caps, names, device))),
         req_(make_request(hist_kind, 0, mantissa_bits, cu::kEdgesNone, 0.0, 1.0)),
         layout_(cu::make_layout(in_->numels, req_)),
-        tables_(cu::make_plan_tables(
-            in_->entries, req_, device,
-            device_table.is_none() ? cu::plan_device_tables() : device_table.cast<bool>())) {
+        device_table_(device_table.is_none() ? cu::plan_device_tables()
+                                             : device_table.cast<bool>()),
+        tables_(cu::make_plan_tables(in_->entries, req_, device, device_table_)) {
     if (hist_kind == cu::kHistUniform) {
       throw py::value_error("CudaPlan supports no histogram or log histograms");
     }
@@ -543,13 +543,14 @@ class CudaPlan {
 
   int64_t tensors() const { return layout_.tensors; }
   size_t result_bytes() const { return layout_.result_bytes; }
-  bool device_table() const { return cu::wants_device_copy(*tables_); }
+  bool device_table() const { return device_table_; }
 
  private:
   int device_;
   std::shared_ptr<Inputs> in_;  // destroyed with the GIL held (DLPack deleters)
   cu::Request req_;
   cu::Layout layout_;
+  bool device_table_;                               // the tables are read from device memory
   std::shared_ptr<const cu::LaunchTables> tables_;  // built once: launch() only enqueues
 };
 

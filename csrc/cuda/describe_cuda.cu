@@ -443,21 +443,10 @@ SmallTable small_of(const EntryTable& t) {
   }
   return s;
 }
-}  // namespace
 
-std::shared_ptr<const LaunchTables> make_plan_tables(const std::vector<Entry>& entries,
-                                                     const Request& req, int device,
-                                                     bool device_table) {
-  auto t = std::const_pointer_cast<LaunchTables>(make_launch_tables(entries, req));
-  t->want_device = device_table;
-  t->device = device;
-  return t;
-}
-
-bool wants_device_copy(const LaunchTables& tables) { return tables.want_device; }
-
-std::shared_ptr<const LaunchTables> make_launch_tables(const std::vector<Entry>& entries,
-                                                       const Request& req) {
+// The tables of make_launch_tables, before make_plan_tables sets its fields.
+std::shared_ptr<LaunchTables> new_launch_tables(const std::vector<Entry>& entries,
+                                                const Request& req) {
   auto t = std::make_shared<LaunchTables>();
   t->tables = make_tables(entries, split_for(req));
   const bool small = small_tables();
@@ -466,6 +455,21 @@ std::shared_ptr<const LaunchTables> make_launch_tables(const std::vector<Entry>&
     t->has_small.push_back(fits);
     t->small.push_back(fits ? small_of(tab) : SmallTable{});
   }
+  return t;
+}
+}  // namespace
+
+std::shared_ptr<const LaunchTables> make_launch_tables(const std::vector<Entry>& entries,
+                                                       const Request& req) {
+  return new_launch_tables(entries, req);
+}
+
+std::shared_ptr<const LaunchTables> make_plan_tables(const std::vector<Entry>& entries,
+                                                     const Request& req, int device,
+                                                     bool device_table) {
+  auto t = new_launch_tables(entries, req);
+  t->want_device = device_table;
+  t->device = device;
   return t;
 }
 
@@ -501,7 +505,7 @@ void launch_describe(const LaunchTables& launch_tables, const Request& req, cons
   }
   const std::vector<EntryTable>& tables = launch_tables.tables;
   const size_t smem = p.shared_hist ? shared_hist_bytes(req) : 0;
-  const EntryTable* dev = req.hist_kind == kHistUniform ? nullptr : launch_tables.device_copy(s);
+  const EntryTable* dev = launch_tables.device_copy(s);  // plans only: no uniform histograms
   // Table i's fused pass with states (and its merge), no or log histograms: the launch carries
   // the small table (moments of a few tensors), a pointer to the plan's device copy, or the table.
   const auto launch = [&](auto hist_tag, size_t i, size_t shared) {

@@ -163,8 +163,6 @@ std::shared_ptr<const LaunchTables> make_plan_tables(const std::vector<Entry>& e
 // value makes every CUDA call throw std::invalid_argument. Until one form has measured better
 // on a GPU, bench/bench_stats.py times both.
 bool plan_device_tables();
-// Whether `tables` were made by make_plan_tables with device_table.
-bool wants_device_copy(const LaunchTables& tables);
 
 // Enqueue the merge of all P tensor states (and, with `with_hist`, histogram records) into slot P.
 void launch_total(const Request& req, const Layout& layout, void* result, void* stream,
