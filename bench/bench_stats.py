@@ -820,6 +820,36 @@ def _against_neighbours(base_s: list[float], test_s: list[float]) -> list[float]
     ]
 
 
+def _hot_and_cold_launches(
+    launch: Callable[[], Any],
+    sync: Callable[[], None],
+    sweep: Callable[[], None],
+    rounds: int = 20,
+    clock: Callable[[], float] = time.perf_counter,
+) -> tuple[list[float], list[float]]:
+    """Host times of ``launch()`` hot (right after another launch) and cold (right after
+    ``sweep()``, which evicts the CPU caches as the host work of a training step does), each
+    with the device idle first (``sync()``): ``(hot, cold)``, ``rounds`` of each.
+
+    Tells apart two explanations of a tracker record that costs the training thread more inside
+    the loop than back to back: the host's cold caches (then cold is close to the in-loop time)
+    or the device's state (then cold stays near hot)."""
+    hot: list[float] = []
+    cold: list[float] = []
+    for _ in range(rounds):
+        sync()
+        launch()
+        t = clock()
+        launch()
+        hot.append(clock() - t)
+        sync()
+        sweep()
+        t = clock()
+        launch()
+        cold.append(clock() - t)
+    return hot, cold
+
+
 @contextmanager
 def _timed_plan_launches(sink: Callable[[], list[float]], enabled: bool = True) -> Iterator[None]:
     """While it lasts (and ``enabled``), every ``Plan.launch`` appends its host time to the list
@@ -952,6 +982,18 @@ def bench_tracker(
             f"({100 * out['tracker_hist_every4_gpu_s'] / step_s:.2f} %)"
         )
         out["tracker_kernels_5_records"] = kernel_profile(tracker.record, 5, "record", log)
+        sweep_buf = np.ones(64 << 20, np.float32)  # 256 MiB: more than a host CPU's caches
+        hot, cold = _hot_and_cold_launches(
+            tracker._plans[True].launch, torch.cuda.synchronize, lambda: float(sweep_buf.sum())
+        )
+        del sweep_buf
+        out["plan_launch_hot_host_median_s"] = statistics.median(hot)
+        out["plan_launch_cold_host_median_s"] = statistics.median(cold)
+        log(
+            f"  Plan.launch host time, device idle: {1e3 * statistics.median(hot):.3f} ms back to "
+            f"back, {1e3 * statistics.median(cold):.3f} ms after a 256 MiB sweep of host memory "
+            "(cold CPU caches; medians of 20)"
+        )
     t0 = time.perf_counter()
     out["tracker_final_flush_records"] = len(tracker._pending)
     tracker.trajectory()  # copies what is still pending (on CUDA: the last 3 records)

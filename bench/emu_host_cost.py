@@ -9,6 +9,9 @@ to ``--values`` values so that the emulated kernels run quickly):
 * ``launch``: host time per ``CudaPlan.launch`` (the emulator queues the kernels and runs them
   when the host waits, so this is the bindings' and launchers' work plus the emulator's cheap
   stand-ins for the CUDA calls; the driver's own cost is not in it);
+* ``calls_per_launch``: what one launch (with its total) asks of the CUDA runtime and of the
+  Python allocator on the calling thread, by name (the emulator's ``PWS_EMU_TRACE`` lines): on a
+  GPU each of these is a driver or caching-allocator call, which a count shows without a GPU;
 * ``fetch_many``: wall time per batch and the part of it during which the calling thread held
   the GIL (what a host-bound training thread waits for while the background thread converts):
   a second Python thread ticks in a loop with a 10 us switch interval, and every gap between its
@@ -61,8 +64,25 @@ def alloc(nbytes):  # as the tracker's torch allocator: one host tensor per buff
     kept.append(torch.empty(nbytes, dtype=torch.uint8))
     return kept[-1]
 
+def calls_of_one_launch():  # the runtime calls (PWS_EMU_TRACE) and allocations of one launch
+    trace = os.path.join(os.environ["PWS_EMU_TRACE_DIR"], "launch.trace")
+    before = len(kept)
+    os.environ["PWS_EMU_TRACE"] = trace
+    try:
+        r = plan.launch(0, alloc, True)
+    finally:
+        del os.environ["PWS_EMU_TRACE"]
+    mod.fetch_many([r])
+    counts = {"python allocator": len(kept) - before}
+    with open(trace) as fh:
+        for line in fh:
+            key = "kernel launch" if line.startswith("launch ") else line.split()[1]
+            counts[key] = counts.get(key, 0) + 1
+    return counts
+
 batch, rounds = cfg["batch"], cfg["rounds"]
 mod.fetch_many([plan.launch(0, alloc, True) for _ in range(batch)])  # warm-up
+calls = calls_of_one_launch()
 launch_s, fetch_s, held_s, control_s, nnz = [], [], [], [], 0
 
 def ticker_gaps(fn):  # run fn while a second thread ticks: the gaps over the threshold, summed
@@ -109,6 +129,7 @@ print(json.dumps({
     "fetch_many_gil_held_median_ms": 1e3 * statistics.median(held_s),
     "control_gaps_median_ms": 1e3 * statistics.median(control_s),
     "nonempty_buckets_per_batch": nnz,
+    "calls_per_launch": calls,
 }))
 """
 
@@ -145,9 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     cfg["tensors"] = args.tensors
     env = {**os.environ, "PWS_EMU_MODULE": module, "PWS_ROOT": str(ROOT)}
     env["PWS_EMU_CFG"] = json.dumps(cfg)
-    r = subprocess.run(
-        [sys.executable, "-c", _INNER], env=env, capture_output=True, text=True, check=False
-    )
+    with tempfile.TemporaryDirectory(prefix="pws_emu_trace_") as trace_dir:
+        env["PWS_EMU_TRACE_DIR"] = trace_dir
+        r = subprocess.run(
+            [sys.executable, "-c", _INNER], env=env, capture_output=True, text=True, check=False
+        )
     if r.returncode != 0:
         print(r.stdout, r.stderr, file=sys.stderr)
         return r.returncode
@@ -158,6 +181,11 @@ def main(argv: list[str] | None = None) -> int:
         f"{res['fetch_many_median_ms']:.3f} ms, GIL held {res['fetch_many_gil_held_median_ms']:.3f}"
         f" ms (noise floor: {res['control_gaps_median_ms']:.3f} ms of gaps while sleeping as long; "
         f"{res['nonempty_buckets_per_batch']} non-empty buckets)"
+    )
+    calls = res["calls_per_launch"]
+    print(
+        f"one CudaPlan.launch (with its total) on the training thread: {sum(calls.values())} "
+        "calls: " + ", ".join(f"{v} x {k}" for k, v in sorted(calls.items()))
     )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +32,21 @@ from pyweightstat.stats.reference import ref_moments
 from pyweightstat.stats.summary import FIELDS, fields_from_states
 
 _DL_CUDA = 2
+
+# What one CudaPlan.launch(..., total=True) of aligned float32 tensors (a model's parameters)
+# asks of the CUDA runtime (test below; cudaGetDevice, a read of the runtime's thread-local
+# state, is not counted): the zeroing of the histogram records (the total's included), the fused,
+# merge and total kernels, and the event that marks the end of its work (created once per
+# result, recorded after a check for a graph capture). Inputs of k kernel kinds (dtypes; strided
+# or unaligned tensors) take a fused and a merge launch per kind.
+_PLAN_LAUNCH_COMMON = {
+    "kernel launch": 3,
+    "cudaEventCreateWithFlags": 1,
+    "cudaStreamIsCapturing": 1,
+    "cudaEventRecord": 1,
+}
+PLAN_LAUNCH_CALLS_HIST = {**_PLAN_LAUNCH_COMMON, "cudaMemsetAsync": 1}
+PLAN_LAUNCH_CALLS_MOMENTS = dict(_PLAN_LAUNCH_COMMON)
 
 _get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
 _get_pointer.restype = ctypes.c_void_p
@@ -328,3 +346,63 @@ def test_plan_device_tables_give_the_same_bits() -> None:
             assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
     summaries, total = pws.describe_many([FakeCuda(x) for x in xs], total=True, mantissa_bits=3)
     _check_fetch_many(outs[3], [[*summaries, total]] * 2)
+
+
+def test_a_second_total_of_one_plan_result_counts_each_value_once() -> None:
+    # A result's first total adds into the record that the pass zeroed with the tensors' records;
+    # a second launch_total on the same result must clear it first (the emulator's fresh memory
+    # is garbage, so a missed zeroing and a double count both show).
+    xs = _plan_inputs()
+    plan = _plan(xs, 2, 3)
+    once = _C.fetch_many([plan.launch(0, None, True)])
+    again = plan.launch(0, None, True)
+    again.launch_total(True)
+    twice = _C.fetch_many([again])
+    for a, b in zip(once, twice, strict=True):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
+    summaries, total = pws.describe_many([FakeCuda(x) for x in xs], total=True, mantissa_bits=3)
+    _check_fetch_many(twice, [[*summaries, total]])
+
+
+def _traced(fn: Callable[[], object], trace: Path) -> tuple[object, Counter]:
+    """``fn()`` and the runtime calls (``call NAME``) and kernel launches it made."""
+    os.environ["PWS_EMU_TRACE"] = str(trace)
+    try:
+        out = fn()
+    finally:
+        del os.environ["PWS_EMU_TRACE"]
+    lines = trace.read_text().splitlines() if trace.exists() else []
+    trace.unlink(missing_ok=True)
+    calls = Counter("kernel launch" if ln.startswith("launch ") else ln.split()[1] for ln in lines)
+    return out, calls
+
+
+def test_a_plan_launch_makes_few_runtime_calls(tmp_path: Path) -> None:
+    # What a tracker's record costs the training thread besides Python: CudaPlan.launch with its
+    # total, at every recorded step. On a GPU each runtime call below is driver work on that
+    # thread, and each allocation a call into torch's caching allocator. Pinned here so that a
+    # change that adds one is a decision, not an accident (bench/emu_host_cost.py reports them).
+    params = [_data(n, torch.float32, seed=60 + i) for i, n in enumerate((300_007, 768, 4099))]
+    mixed = _plan_inputs()  # 4 kernel kinds: float32, bfloat16, float16, generic
+    kept: list[torch.Tensor] = []
+
+    def alloc(nbytes: int) -> torch.Tensor:
+        kept.append(torch.empty(nbytes, dtype=torch.uint8))
+        return kept[-1]
+
+    cases = [
+        (params, 2, 3, PLAN_LAUNCH_CALLS_HIST),
+        (params, 0, 0, PLAN_LAUNCH_CALLS_MOMENTS),
+        (mixed, 2, 3, {**PLAN_LAUNCH_CALLS_HIST, "kernel launch": 2 * 4 + 1}),
+    ]
+    for xs, hist_kind, m, want in cases:
+        plan = _plan(xs, hist_kind, m)
+        _C.fetch_many([plan.launch(0, alloc, True)])  # warm-up
+        kept.clear()
+        res, calls = _traced(lambda plan=plan: plan.launch(0, alloc, True), tmp_path / "t")
+        assert len(kept) == 1, f"{len(kept)} allocations per launch (result and scratch: one)"
+        assert dict(calls) == want, (hist_kind, dict(calls))
+        summaries, total = pws.describe_many(
+            [FakeCuda(x) for x in xs], total=True, mantissa_bits=m if hist_kind else None
+        )
+        _check_fetch_many(_C.fetch_many([res]), [[*summaries, total]])

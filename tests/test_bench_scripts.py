@@ -135,3 +135,26 @@ def test_timed_plan_launches_restores_the_method(monkeypatch: pytest.MonkeyPatch
     assert [len(lists["a"]), len(lists["b"])] == [1, 2] and min(lists["a"] + lists["b"]) >= 0
     with b._timed_plan_launches(lambda: lists["a"], enabled=False):
         assert _cuda.Plan.launch is original
+
+
+def test_hot_and_cold_launches_time_the_right_calls() -> None:
+    # bench_stats' cold-cache diagnostic: the launch after a launch is "hot", the launch after
+    # the sweep "cold"; a fake clock and a launch that costs 5 ticks when the sweep ran before it
+    b = _load("bench_stats")
+    now = [0.0]
+    state = {"cold": False, "launches": 0, "syncs": 0}
+
+    def launch() -> None:
+        now[0] += 5.0 if state["cold"] else 1.0
+        state["cold"] = False
+        state["launches"] += 1
+
+    def sync() -> None:
+        state["syncs"] += 1
+
+    def sweep() -> None:
+        state["cold"] = True
+
+    hot, cold = b._hot_and_cold_launches(launch, sync, sweep, rounds=4, clock=lambda: now[0])
+    assert hot == [1.0] * 4 and cold == [5.0] * 4
+    assert state["launches"] == 12 and state["syncs"] == 8

@@ -425,6 +425,26 @@ def test_side_stream_ordering() -> None:
     assert s.count == 4_000_000 and s.mean == 3.0 and s.min == 3.0  # fetch waits on `side`
 
 
+def test_plan_launches_on_the_current_stream() -> None:
+    # Plan.launch takes the current stream's handle from torch's raw getter: the same stream as
+    # torch.cuda.current_stream, a side stream inside torch.cuda.stream(side) included.
+    from pyweightstat.stats import _cuda
+
+    side = torch.cuda.Stream()
+    x = torch.zeros(4_000_000, device=DEV)
+    plan = _cuda.Plan([x], 3)
+    assert plan._stream() == torch.cuda.current_stream().cuda_stream
+    torch.cuda.synchronize()
+    with torch.cuda.stream(side):
+        assert plan._stream() == side.cuda_stream != torch.cuda.default_stream().cuda_stream
+        torch.cuda._sleep(50_000_000)  # delay the producer: a launch on another stream would
+        x.fill_(3.0)  # read the zeros
+        res = plan.launch()
+    f, n, *_ = _cuda.fetch_many([res])
+    assert n[0, 0, 0] == 4_000_000 and n[0, 0, 4] == 0  # count, zeros
+    assert f[0, 0, 0] == 3.0 and f[0, 0, 4] == 3.0 and f[0, 0, 5] == 3.0  # mean, min, max
+
+
 def test_enqueue_does_not_block_the_host() -> None:
     xs = _param_list()[:60]
     assert pws.describe_many(xs, mantissa_bits=3, total=True)[1].count > 0  # warm-up

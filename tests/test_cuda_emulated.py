@@ -678,6 +678,8 @@ def _fused_launches(trace: Path) -> list[dict[str, int]]:
     grid.x."""
     out = []
     for line in trace.read_text().splitlines():
+        if not line.startswith("launch "):
+            continue  # a runtime call ("call NAME")
         f = dict(kv.split("=") for kv in line.split()[1:])
         grid = int(f["grid"].split(",")[0])
         out.append({"smem": int(f["smem"]), "attr": int(f["attr"]), "grid": grid})

@@ -1015,3 +1015,29 @@ def test_forked_child_gets_back_the_batches_in_flight(monkeypatch: pytest.Monkey
     finally:
         gate.set()
     assert tracker.trajectory()["steps"].tolist() == [1, 2, 3]
+
+
+def test_plan_takes_the_stream_handle_from_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Plan.launch asks torch for the current stream's handle at every record: through the private
+    # raw getter where torch has it (no torch.cuda.Stream object per record), else through the
+    # public torch.cuda.current_stream.
+    from pyweightstat.stats import _cuda
+
+    asked: list[int] = []
+
+    def raw(index: int) -> int:
+        asked.append(index)
+        return 1000 + index
+
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", raw, raising=False)
+    get = _cuda._current_stream_getter(3)
+    assert get() == 1003 and get() == 1003 and asked == [3, 3]
+    monkeypatch.delattr(torch._C, "_cuda_getCurrentRawStream")
+    seen: list[torch.device] = []
+
+    def current_stream(device: torch.device) -> SimpleNamespace:
+        seen.append(device)
+        return SimpleNamespace(cuda_stream=77)
+
+    monkeypatch.setattr(torch.cuda, "current_stream", current_stream)
+    assert _cuda._current_stream_getter(1)() == 77 and seen == [torch.device("cuda", 1)]

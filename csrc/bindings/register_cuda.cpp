@@ -300,9 +300,21 @@ class CudaResult {
     {
       py::gil_scoped_release release;
       cu::DeviceGuard guard(device_);
-      cu::launch_total(req_, layout_, buf_.get(), stream_, with_hist);
+      enqueue_total(with_hist);
       mark_enqueued();
     }
+    total_done(with_hist);
+  }
+
+  // The total's work, after the pass's on the same stream (device set; mark_enqueued() after).
+  // The first total adds into the record launch_describe zeroed with the others; a later one
+  // clears it first.
+  void enqueue_total(bool with_hist) {
+    cu::launch_total(req_, layout_, buf_.get(), stream_, with_hist, totals_ > 0);
+    ++totals_;
+  }
+  // With the GIL held, after enqueue_total.
+  void total_done(bool with_hist) {
     total_hist_ = with_hist && req_.hist_kind != cu::kHistNone;
     total_ready_ = true;
   }
@@ -419,6 +431,7 @@ class CudaResult {
   DeviceBuffer buf_;
   bool total_ready_ = false;
   bool total_hist_ = false;
+  int totals_ = 0;  // totals enqueued so far
   void* event_ = nullptr;
   std::vector<std::shared_ptr<const void>> keep_alive_;
 };
@@ -473,22 +486,30 @@ cu::Request make_request(int hist_kind, int64_t bins, int mantissa_bits, int edg
   return req;
 }
 
-// Allocate the result (and scratch) buffers and enqueue the fused pass on `stream`.
+// Where a result's buffer keeps its scratch: after the result proper (states, histograms), which
+// is what a fetch copies. One allocation holds both (one call of the allocator per launch), so
+// the scratch (a chunk state per 2^16 to 2^18 values, a merge state per group of chunks and a
+// ticket per tensor: about 150 KB for a ViT-B/16) lives as long as the result.
+size_t scratch_offset(const cu::Layout& layout) { return (layout.result_bytes + 255) / 256 * 256; }
+
+// Allocate the result's buffer and enqueue the fused pass on `stream`, and with `total` the
+// merged total too (CudaPlan::launch: one release of the GIL and one event for all of it).
 std::unique_ptr<CudaResult> enqueue(const cu::LaunchTables& tables, const cu::Request& req,
                                     const cu::Layout& layout, int device, void* s,
-                                    const py::object& allocator, const double* host_edges) {
+                                    const py::object& allocator, const double* host_edges,
+                                    bool total = false, bool total_hist = false) {
   auto res = std::make_unique<CudaResult>(device, s, req, layout);
-  DeviceBuffer scratch;
   cu::DeviceGuard guard(device);
-  res->buffer().allocate(layout.result_bytes, allocator, device, s);
-  scratch.allocate(layout.scratch_bytes, allocator, device, s);
+  const size_t scratch_at = scratch_offset(layout);
+  res->buffer().allocate(scratch_at + layout.scratch_bytes, allocator, device, s);
+  char* base = static_cast<char*>(res->buffer().get());
   {
     py::gil_scoped_release release;
-    cu::launch_describe(tables, req, layout, res->buffer().get(), scratch.get(), s, host_edges);
+    cu::launch_describe(tables, req, layout, base, base + scratch_at, s, host_edges);
+    if (total) res->enqueue_total(total_hist);
     res->mark_enqueued();
   }
-  // scratch is released here: stream-ordered (cudaFreeAsync, or the caching allocator's reuse on
-  // the same stream), after the launches that use it.
+  if (total) res->total_done(total_hist);
   return res;
 }
 
@@ -532,12 +553,12 @@ class CudaPlan {
   }
 
   std::unique_ptr<CudaResult> launch(uintptr_t stream, const py::object& allocator, bool total) {
-    auto res = enqueue(*tables_, req_, layout_, device_, to_ptr(stream), allocator, nullptr);
+    auto res = enqueue(*tables_, req_, layout_, device_, to_ptr(stream), allocator, nullptr, total,
+                       req_.hist_kind == cu::kHistLog);
     // The inputs outlive every result's work even if the plan is dropped first (the caching
     // allocator could otherwise hand their memory to a stream other than the kernels' one).
     res->keep_alive(in_);
     res->keep_alive(tables_);  // a device copy of the tables, read by the kernels
-    if (total) res->launch_total(req_.hist_kind == cu::kHistLog);
     return res;
   }
 

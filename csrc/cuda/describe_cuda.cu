@@ -538,7 +538,8 @@ void launch_describe(const LaunchTables& launch_tables, const Request& req, cons
   }
 }
 
-void launch_total(const Request& req, const Layout& L, void* result, void* stream, bool with_hist) {
+void launch_total(const Request& req, const Layout& L, void* result, void* stream, bool with_hist,
+                  bool zero_first) {
   (void)cudaGetLastError();
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   const Params p = make_params(req, L, result, nullptr);
@@ -546,8 +547,10 @@ void launch_total(const Request& req, const Layout& L, void* result, void* strea
   dim3 grid(1, 1);
   const int64_t group = std::max<int64_t>(kTotalGroup, (L.tensors + 65534) / 65535);  // grid.y
   if (hist) {
-    PWS_CUDA_CHECK(
-        cudaMemsetAsync(p.hist + L.tensors * L.record, 0, static_cast<size_t>(L.record) * 8, s));
+    if (zero_first) {
+      PWS_CUDA_CHECK(
+          cudaMemsetAsync(p.hist + L.tensors * L.record, 0, static_cast<size_t>(L.record) * 8, s));
+    }
     grid.x = static_cast<unsigned>((L.record + kThreads - 1) / kThreads);
     grid.y = static_cast<unsigned>(std::max<int64_t>(1, (L.tensors + group - 1) / group));
   }

@@ -165,8 +165,10 @@ std::shared_ptr<const LaunchTables> make_plan_tables(const std::vector<Entry>& e
 bool plan_device_tables();
 
 // Enqueue the merge of all P tensor states (and, with `with_hist`, histogram records) into slot P.
+// The histogram total is added into slot P's record: `zero_first` clears it first, which a
+// result's first total may skip (launch_describe zeroed all P + 1 records), a second must not.
 void launch_total(const Request& req, const Layout& layout, void* result, void* stream,
-                  bool with_hist);
+                  bool with_hist, bool zero_first);
 
 // ---------------------------------------------------------------- thin runtime wrappers
 // Each throws std::runtime_error with the CUDA error string; the *_noexcept ones never throw.

@@ -32,7 +32,11 @@
 // the grid, the block and the dynamic shared memory against the kernel's opt-in attribute and the
 // device's limit (PWS_EMU_SMEM_OPTIN bytes, default an H100's 232448) and fail as CUDA would.
 // PWS_EMU_TRACE=path appends one line per launch (grid, block, dynamic shared memory, the
-// kernel's attribute) for tests that check which path a launch took.
+// kernel's attribute) for tests that check which path a launch took, and one line per call of
+// the runtime API that a GPU's driver would see ("call cudaMemsetAsync"; cudaGetDevice and
+// cudaGetLastError, reads of the runtime's thread-local state, and the attribute queries are not
+// listed), for tests and benchmarks that count the host's CUDA
+// calls on a hot path.
 //
 // What it cannot show: timing, memory-model effects between blocks running at once, static
 // __shared__ arrays left uninitialised (they keep the previous block's values), the GPU's own
@@ -382,6 +386,16 @@ inline void run_block(Block& b, Schedule how) {
       die("deadlock: every live thread waits at a barrier or warp collective that cannot open");
     }
   }
+}
+
+// One "call NAME" line in the PWS_EMU_TRACE file (if set): a runtime call a GPU would make.
+inline void trace_call(const char* name) {
+  const char* path = std::getenv("PWS_EMU_TRACE");
+  if (path == nullptr || *path == '\0') return;
+  FILE* f = std::fopen(path, "a");
+  if (f == nullptr) return;
+  std::fprintf(f, "call %s\n", name);
+  std::fclose(f);
 }
 
 inline void trace_launch(dim3 grid, dim3 block, size_t smem, size_t allowed) {
@@ -734,6 +748,7 @@ inline cudaError_t cudaGetDevice(int* d) {
   return cudaSuccess;
 }
 inline cudaError_t cudaSetDevice(int d) {
+  pws_emu::trace_call("cudaSetDevice");
   return d == 0 ? cudaSuccess : pws_emu::fail(cudaErrorInvalidValue);
 }
 inline cudaError_t cudaDeviceGetAttribute(int* v, cudaDeviceAttr attr, int) {
@@ -751,27 +766,35 @@ inline cudaError_t cudaFuncSetAttribute(void (*kernel)(P...), cudaFuncAttribute 
   pws_emu::smem_attributes()[reinterpret_cast<const void*>(kernel)] = static_cast<size_t>(value);
   return cudaSuccess;
 }
+namespace pws_emu {
 // Exactly `bytes` (256-byte aligned), so a sanitizer build reports accesses past the end.
-inline cudaError_t cudaMalloc(void** p, size_t bytes) {
-  if (posix_memalign(p, 256, bytes > 0 ? bytes : 1) != 0) {
-    return pws_emu::fail(cudaErrorMemoryAllocation);
-  }
-  std::memset(*p, pws_emu::kGarbage, bytes);
+inline cudaError_t device_alloc(void** p, size_t bytes) {
+  if (posix_memalign(p, 256, bytes > 0 ? bytes : 1) != 0) return fail(cudaErrorMemoryAllocation);
+  std::memset(*p, kGarbage, bytes);
   return cudaSuccess;
 }
+}  // namespace pws_emu
+inline cudaError_t cudaMalloc(void** p, size_t bytes) {
+  pws_emu::trace_call("cudaMalloc");
+  return pws_emu::device_alloc(p, bytes);
+}
 inline cudaError_t cudaMallocAsync(void** p, size_t bytes, cudaStream_t) {
-  return cudaMalloc(p, bytes);
+  pws_emu::trace_call("cudaMallocAsync");
+  return pws_emu::device_alloc(p, bytes);
 }
 inline cudaError_t cudaFree(void* p) {  // synchronous, as on a GPU
+  pws_emu::trace_call("cudaFree");
   pws_emu::drain_all();
   std::free(p);
   return cudaSuccess;
 }
 inline cudaError_t cudaFreeAsync(void* p, cudaStream_t s) {  // after the stream's queued work
+  pws_emu::trace_call("cudaFreeAsync");
   pws_emu::enqueue(s, [p] { std::free(p); });
   return cudaSuccess;
 }
 inline cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned) {
+  pws_emu::trace_call("cudaHostAlloc");
   *p = std::malloc(bytes > 0 ? bytes : 1);
   if (*p == nullptr) return pws_emu::fail(cudaErrorMemoryAllocation);
   std::memset(*p, pws_emu::kGarbage, bytes);
@@ -780,6 +803,7 @@ inline cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned) {
   return cudaSuccess;
 }
 inline cudaError_t cudaFreeHost(void* p) {  // synchronous, as on a GPU
+  pws_emu::trace_call("cudaFreeHost");
   pws_emu::drain_all();
   std::lock_guard<std::recursive_mutex> lock(pws_emu::runtime_mutex());
   pws_emu::pinned().erase(static_cast<const char*>(p));
@@ -787,10 +811,12 @@ inline cudaError_t cudaFreeHost(void* p) {  // synchronous, as on a GPU
   return cudaSuccess;
 }
 inline cudaError_t cudaMemsetAsync(void* p, int v, size_t bytes, cudaStream_t s) {
+  pws_emu::trace_call("cudaMemsetAsync");
   pws_emu::enqueue(s, [p, v, bytes] { std::memset(p, v, bytes); });
   return cudaSuccess;
 }
 inline cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind) {
+  pws_emu::trace_call("cudaMemcpy");
   pws_emu::drain_all();  // synchronous: after all queued work
   std::memcpy(dst, src, bytes);
   return cudaSuccess;
@@ -826,23 +852,28 @@ inline cudaError_t copy_rows(void* dst, size_t dpitch, const void* src, size_t s
 }  // namespace pws_emu
 inline cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
                                    cudaStream_t s) {
+  pws_emu::trace_call("cudaMemcpyAsync");
   return pws_emu::copy_rows(dst, bytes, src, bytes, bytes, 1, kind, s);
 }
 inline cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch,
                                      size_t width, size_t height, cudaMemcpyKind kind,
                                      cudaStream_t s) {
+  pws_emu::trace_call("cudaMemcpy2DAsync");
   return pws_emu::copy_rows(dst, dpitch, src, spitch, width, height, kind, s);
 }
 inline cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  pws_emu::trace_call("cudaStreamSynchronize");
   pws_emu::drain(pws_emu::queue_of(s));
   return cudaSuccess;
 }
 inline cudaError_t cudaDeviceSynchronize() {
+  pws_emu::trace_call("cudaDeviceSynchronize");
   pws_emu::drain_all();
   return cudaSuccess;
 }
 // The emulator never captures: each thread's mode is kept only to be swapped back, as in CUDA.
 inline cudaError_t cudaThreadExchangeStreamCaptureMode(cudaStreamCaptureMode* mode) {
+  pws_emu::trace_call("cudaThreadExchangeStreamCaptureMode");
   static thread_local cudaStreamCaptureMode current = cudaStreamCaptureModeGlobal;
   const cudaStreamCaptureMode old = current;
   current = *mode;
@@ -850,10 +881,12 @@ inline cudaError_t cudaThreadExchangeStreamCaptureMode(cudaStreamCaptureMode* mo
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamIsCapturing(cudaStream_t, cudaStreamCaptureStatus* s) {
+  pws_emu::trace_call("cudaStreamIsCapturing");
   *s = cudaStreamCaptureStatusNone;
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
+  pws_emu::trace_call("cudaStreamCreateWithFlags");
   auto* q = new pws_emu::StreamQueue;
   std::lock_guard<std::recursive_mutex> lock(pws_emu::runtime_mutex());
   pws_emu::streams().insert(q);
@@ -861,6 +894,7 @@ inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) {
   return cudaSuccess;
 }
 inline cudaError_t cudaStreamDestroy(cudaStream_t s) {  // its queued work still runs, first
+  pws_emu::trace_call("cudaStreamDestroy");
   if (s == nullptr) return pws_emu::fail(cudaErrorInvalidValue);
   pws_emu::drain(pws_emu::queue_of(s));
   std::lock_guard<std::recursive_mutex> lock(pws_emu::runtime_mutex());
@@ -869,6 +903,7 @@ inline cudaError_t cudaStreamDestroy(cudaStream_t s) {  // its queued work still
   return cudaSuccess;
 }
 inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) {
+  pws_emu::trace_call("cudaEventCreateWithFlags");
   *e = reinterpret_cast<cudaEvent_t>(
       new std::shared_ptr<pws_emu::EventState>(std::make_shared<pws_emu::EventState>()));
   return cudaSuccess;
@@ -879,6 +914,7 @@ inline std::shared_ptr<EventState>& event_state(cudaEvent_t e) {
 }
 }  // namespace pws_emu
 inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
+  pws_emu::trace_call("cudaEventRecord");
   std::shared_ptr<pws_emu::EventState> st = pws_emu::event_state(e);
   std::lock_guard<std::recursive_mutex> lock(pws_emu::runtime_mutex());
   const uint64_t gen = ++st->recorded;
@@ -889,6 +925,7 @@ inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t s) {
   return cudaSuccess;
 }
 inline cudaError_t cudaEventSynchronize(cudaEvent_t e) {
+  pws_emu::trace_call("cudaEventSynchronize");
   std::shared_ptr<pws_emu::EventState> st = pws_emu::event_state(e);
   std::lock_guard<std::recursive_mutex> lock(pws_emu::runtime_mutex());
   while (!st->done()) {
@@ -897,6 +934,7 @@ inline cudaError_t cudaEventSynchronize(cudaEvent_t e) {
   return cudaSuccess;
 }
 inline cudaError_t cudaEventDestroy(cudaEvent_t e) {
+  pws_emu::trace_call("cudaEventDestroy");
   delete &pws_emu::event_state(e);
   return cudaSuccess;
 }
