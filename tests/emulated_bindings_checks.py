@@ -34,14 +34,14 @@ from pyweightstat.stats.summary import FIELDS, fields_from_states
 _DL_CUDA = 2
 
 # What one CudaPlan.launch(..., total=True) of aligned float32 tensors (a model's parameters)
-# asks of the CUDA runtime (test below; cudaGetDevice, a read of the runtime's thread-local
-# state, is not counted): the zeroing of the histogram records (the total's included), the fused,
-# merge and total kernels, and the event that marks the end of its work (created once per
-# result, recorded after a check for a graph capture). Inputs of k kernel kinds (dtypes; strided
-# or unaligned tensors) take a fused and a merge launch per kind.
+# asks of the CUDA runtime once earlier results were dropped (test below; cudaGetDevice, a read
+# of the runtime's thread-local state, is not counted): the zeroing of the histogram records (the
+# total's included), the fused, merge and total kernels, and the recording of the event that
+# marks the end of its work (an event of a dropped result, taken from a pool, after a check for a
+# graph capture). Inputs of k kernel kinds (dtypes; strided or unaligned tensors) take a fused
+# and a merge launch per kind.
 _PLAN_LAUNCH_COMMON = {
     "kernel launch": 3,
-    "cudaEventCreateWithFlags": 1,
     "cudaStreamIsCapturing": 1,
     "cudaEventRecord": 1,
 }
@@ -406,3 +406,19 @@ def test_a_plan_launch_makes_few_runtime_calls(tmp_path: Path) -> None:
             [FakeCuda(x) for x in xs], total=True, mantissa_bits=m if hist_kind else None
         )
         _check_fetch_many(_C.fetch_many([res]), [[*summaries, total]])
+
+
+def test_plan_results_reuse_the_events_of_dropped_ones(tmp_path: Path) -> None:
+    # A dropped result's event goes back to a pool (at most 64 per device) for the next result,
+    # even if its work is still queued: recording it again replaces what it marked.
+    xs = [_data(n, torch.float32, seed=70 + i) for i, n in enumerate((70_001, 513))]
+    plan = _plan(xs, 2, 3)
+    summaries, total = pws.describe_many([FakeCuda(x) for x in xs], total=True, mantissa_bits=3)
+    assert total.count == sum(s.count for s in summaries) > 0  # read: its result (event) let go
+    held = [plan.launch(0, None, True) for _ in range(70)]  # the pool's events, then new ones
+    del held  # dropped unread, work still queued: 64 events kept, 6 destroyed
+    held, calls = _traced(lambda: [plan.launch(0, None, True) for _ in range(70)], tmp_path / "t")
+    assert calls["cudaEventCreateWithFlags"] == 70 - 64 and "cudaEventDestroy" not in calls
+    _check_fetch_many(_C.fetch_many(held[::23]), [[*summaries, total]] * len(held[::23]))
+    _, calls = _traced(lambda: held.clear(), tmp_path / "t")  # (and 70 cudaFreeAsync)
+    assert calls["cudaEventDestroy"] == 6, dict(calls)  # the pool was full again

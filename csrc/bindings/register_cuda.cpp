@@ -225,18 +225,77 @@ class StagingLease {
   char* stage_;
 };
 
+// Events of dropped results, handed to later results of the same device: a tracker makes a
+// result per record, and creating and destroying its event were two more driver calls per record
+// (the creation on the training thread). The next result records the event again, which replaces
+// whatever it marked before (its old owner is gone, so nothing waits on that). Events recorded
+// during a graph capture are destroyed instead of kept. At most kPooledEvents per device, kept
+// until the process exits (the pool is never destroyed: the CUDA runtime may be gone by then).
+class EventPool {
+ public:
+  static constexpr size_t kPooledEvents = 64;
+
+  // A pooled event of `device`, or nullptr.
+  void* take(int device) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto& [d, events] : free_) {
+      if (d == device && !events.empty()) {
+        void* e = events.back();
+        events.pop_back();
+        return e;
+      }
+    }
+    return nullptr;
+  }
+
+  // Keep `event` (of `device`) for a later result, or destroy it. Never throws.
+  void give(int device, void* event) noexcept {
+    if (event == nullptr) return;
+    try {
+      std::lock_guard<std::mutex> lock(mutex_);
+      std::vector<void*>* events = nullptr;
+      for (auto& [d, v] : free_) {
+        if (d == device) events = &v;
+      }
+      if (events == nullptr) events = &free_.emplace_back(device, std::vector<void*>()).second;
+      if (events->size() < kPooledEvents) {
+        events->push_back(event);
+        return;
+      }
+    } catch (...) {  // out of memory for the list: destroy it below
+    }
+    cu::event_destroy_noexcept(event);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<std::pair<int, std::vector<void*>>> free_;
+};
+
+EventPool& event_pool() {
+  static EventPool* pool = new EventPool;  // never destroyed (see above)
+  return *pool;
+}
+
 class CudaResult {
  public:
   CudaResult(int device, void* stream, cu::Request req, cu::Layout layout)
       : device_(device), stream_(stream), req_(req), layout_(layout) {}
   CudaResult(const CudaResult&) = delete;
   CudaResult& operator=(const CudaResult&) = delete;
-  ~CudaResult() { cu::event_destroy_noexcept(event_); }
+  ~CudaResult() {
+    if (captured_) {
+      cu::event_destroy_noexcept(event_);
+    } else {
+      event_pool().give(device_, event_);
+    }
+  }
 
   DeviceBuffer& buffer() { return buf_; }
 
   // Record (again) the event that marks the end of the work enqueued so far. Device set.
   void mark_enqueued() {
+    if (event_ == nullptr) event_ = event_pool().take(device_);
     if (event_ == nullptr) event_ = cu::event_create();
     // An event recorded while the stream is captured into a CUDA graph may not be waited on
     // (and says nothing about a replay): such results wait for the device instead.

@@ -118,8 +118,8 @@ struct Request {
 };
 
 // Byte offsets of the parts of the device buffers. The result buffer holds the states and the
-// histogram records (and edges); the scratch buffer holds one state per chunk and is only needed
-// until the launches complete.
+// histogram records (and edges); the scratch buffer holds one state per chunk and is only read
+// by the launches (the bindings allocate it right after the result, in the same buffer).
 struct Layout {
   int64_t tensors = 0;      // P
   int64_t nb = 0;           // counts per histogram record (bins, or log buckets)
