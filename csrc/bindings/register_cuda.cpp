@@ -284,6 +284,7 @@ class CudaResult {
   CudaResult(const CudaResult&) = delete;
   CudaResult& operator=(const CudaResult&) = delete;
   ~CudaResult() {
+    if (event_ == nullptr) return;
     if (captured_) {
       cu::event_destroy_noexcept(event_);
     } else {
@@ -359,17 +360,20 @@ class CudaResult {
     {
       py::gil_scoped_release release;
       cu::DeviceGuard guard(device_);
-      enqueue_total(with_hist);
+      // the pass's zeroing counts only where this call is captured as the pass was (a total
+      // captured into a graph after an uncaptured pass must zero at every replay)
+      enqueue_total(with_hist, cu::stream_is_capturing(stream_) == captured_);
       mark_enqueued();
     }
     total_done(with_hist);
   }
 
   // The total's work, after the pass's on the same stream (device set; mark_enqueued() after).
-  // The first total adds into the record launch_describe zeroed with the others; a later one
-  // clears it first.
-  void enqueue_total(bool with_hist) {
-    cu::launch_total(req_, layout_, buf_.get(), stream_, with_hist, totals_ > 0);
+  // The first total adds into the record launch_describe zeroed with the others, where
+  // `with_pass` (enqueued alike: both captured into one graph or neither); otherwise it clears
+  // the record first.
+  void enqueue_total(bool with_hist, bool with_pass) {
+    cu::launch_total(req_, layout_, buf_.get(), stream_, with_hist, totals_ > 0 || !with_pass);
     ++totals_;
   }
   // With the GIL held, after enqueue_total.
@@ -546,10 +550,15 @@ cu::Request make_request(int hist_kind, int64_t bins, int mantissa_bits, int edg
 }
 
 // Where a result's buffer keeps its scratch: after the result proper (states, histograms), which
-// is what a fetch copies. One allocation holds both (one call of the allocator per launch), so
+// is what a fetch copies. One allocation holds both (one call of the allocator per launch) where
 // the scratch (a chunk state per 2^16 to 2^18 values, a merge state per group of chunks and a
-// ticket per tensor: about 150 KB for a ViT-B/16) lives as long as the result.
-size_t scratch_offset(const cu::Layout& layout) { return (layout.result_bytes + 255) / 256 * 256; }
+// ticket per tensor: about 150 KB for a ViT-B/16) is at most an eighth of the result, as with
+// log histograms: the scratch then lives as long as the result. Otherwise (moments only, or a
+// model large enough) the scratch is a buffer of its own, released once the launches are
+// enqueued, so that results waiting to be read do not hold scratch larger than themselves.
+bool scratch_in_result(const cu::Layout& layout) {
+  return layout.scratch_bytes * 8 <= layout.result_bytes;
+}
 
 // Allocate the result's buffer and enqueue the fused pass on `stream`, and with `total` the
 // merged total too (CudaPlan::launch: one release of the GIL and one event for all of it).
@@ -558,17 +567,24 @@ std::unique_ptr<CudaResult> enqueue(const cu::LaunchTables& tables, const cu::Re
                                     const py::object& allocator, const double* host_edges,
                                     bool total = false, bool total_hist = false) {
   auto res = std::make_unique<CudaResult>(device, s, req, layout);
+  DeviceBuffer scratch;
   cu::DeviceGuard guard(device);
-  const size_t scratch_at = scratch_offset(layout);
-  res->buffer().allocate(scratch_at + layout.scratch_bytes, allocator, device, s);
+  const bool inside = scratch_in_result(layout);
+  const size_t scratch_at = (layout.result_bytes + 255) / 256 * 256;
+  res->buffer().allocate(inside ? scratch_at + layout.scratch_bytes : layout.result_bytes,
+                         allocator, device, s);
   char* base = static_cast<char*>(res->buffer().get());
+  if (!inside) scratch.allocate(layout.scratch_bytes, allocator, device, s);
+  void* scratch_ptr = inside ? static_cast<void*>(base + scratch_at) : scratch.get();
   {
     py::gil_scoped_release release;
-    cu::launch_describe(tables, req, layout, base, base + scratch_at, s, host_edges);
-    if (total) res->enqueue_total(total_hist);
+    cu::launch_describe(tables, req, layout, base, scratch_ptr, s, host_edges);
+    if (total) res->enqueue_total(total_hist, true);
     res->mark_enqueued();
   }
   if (total) res->total_done(total_hist);
+  // a scratch of its own is released here: stream-ordered (cudaFreeAsync, or the caching
+  // allocator's reuse on the same stream), after the launches that use it
   return res;
 }
 
@@ -657,9 +673,11 @@ class OtherThreadsCapturesIgnored {
 // bucket) order, nnz[i, t] of them for slot t of result i; slot P is the total.
 py::tuple fetch_many(const py::list& handles) {
   std::vector<CudaResult*> rs;
+  std::vector<py::object> held;  // alive while the GIL is released, whatever happens to the list
   for (const py::handle& h : handles) {
     if (!py::isinstance<CudaResult>(h))
       throw py::type_error("fetch_many expects CudaResult objects");
+    held.push_back(py::reinterpret_borrow<py::object>(h));
     rs.push_back(h.cast<CudaResult*>());
   }
   const size_t r = rs.size();

@@ -390,9 +390,9 @@ class Plan:
 
     @property
     def result_bytes(self) -> int:
-        """Bytes of one :meth:`launch` result that a fetch copies (states and histograms); the
-        result's buffer also holds that launch's scratch (a 104-byte state per chunk of 2^16 to
-        2^18 values) until it is dropped."""
+        """Bytes of one :meth:`launch` result that a fetch copies (states and histograms); with
+        log histograms the result's buffer also holds that launch's scratch (a 104-byte state per
+        chunk of 2^16 to 2^18 values, at most an eighth of this) until it is dropped."""
         return int(self._plan.result_bytes)
 
     def matches(self, tensors: list[Any]) -> bool:
