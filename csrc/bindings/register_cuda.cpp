@@ -238,14 +238,11 @@ class EventPool {
   // A pooled event of `device`, or nullptr.
   void* take(int device) {
     std::lock_guard<std::mutex> lock(mutex_);
-    for (auto& [d, events] : free_) {
-      if (d == device && !events.empty()) {
-        void* e = events.back();
-        events.pop_back();
-        return e;
-      }
-    }
-    return nullptr;
+    std::vector<void*>& events = events_of(device);
+    if (events.empty()) return nullptr;
+    void* e = events.back();
+    events.pop_back();
+    return e;
   }
 
   // Keep `event` (of `device`) for a later result, or destroy it. Never throws.
@@ -253,13 +250,9 @@ class EventPool {
     if (event == nullptr) return;
     try {
       std::lock_guard<std::mutex> lock(mutex_);
-      std::vector<void*>* events = nullptr;
-      for (auto& [d, v] : free_) {
-        if (d == device) events = &v;
-      }
-      if (events == nullptr) events = &free_.emplace_back(device, std::vector<void*>()).second;
-      if (events->size() < kPooledEvents) {
-        events->push_back(event);
+      std::vector<void*>& events = events_of(device);
+      if (events.size() < kPooledEvents) {
+        events.push_back(event);
         return;
       }
     } catch (...) {  // out of memory for the list: destroy it below
@@ -268,6 +261,14 @@ class EventPool {
   }
 
  private:
+  // The free list of `device` (added empty on its first use). Call with the mutex held.
+  std::vector<void*>& events_of(int device) {
+    for (auto& [d, events] : free_) {
+      if (d == device) return events;
+    }
+    return free_.emplace_back(device, std::vector<void*>()).second;
+  }
+
   std::mutex mutex_;
   std::vector<std::pair<int, std::vector<void*>>> free_;
 };
