@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import gc
 import json
 import math
 import os
@@ -820,16 +821,56 @@ def _against_neighbours(base_s: list[float], test_s: list[float]) -> list[float]
     ]
 
 
+def _phase_medians(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Median seconds of each launch phase over ``rows`` (``_cuda.last_launch_phases()``)."""
+    return {name: statistics.median(r[name] for r in rows) for name in rows[0]} if rows else {}
+
+
+def _phase_text(medians: dict[str, float]) -> str:
+    """``name us, ...`` of the phases that take at least 0.5 us (medians in seconds)."""
+    return ", ".join(f"{k} {1e6 * v:.1f}" for k, v in medians.items() if v >= 5e-7) or "-"
+
+
+def _split_medians(values: list[float], flags: list[bool]) -> dict[str, Any]:
+    """Median of ``values`` where ``flags`` is true and where it is false (None if none), and the
+    fraction of true flags."""
+    yes = [v for v, f in zip(values, flags, strict=True) if f]
+    no = [v for v, f in zip(values, flags, strict=True) if not f]
+    return {
+        "fraction": len(yes) / len(values) if values else None,
+        "median_when_true_s": statistics.median(yes) if yes else None,
+        "median_when_false_s": statistics.median(no) if no else None,
+    }
+
+
+@contextmanager
+def _gc_counter() -> Iterator[list[int]]:
+    """While it lasts, ``counter[0]`` counts the garbage collections started (any generation)."""
+    counter = [0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            counter[0] += 1
+
+    gc.callbacks.append(on_gc)
+    try:
+        yield counter
+    finally:
+        gc.callbacks.remove(on_gc)
+
+
 def _hot_and_cold_launches(
     launch: Callable[[], Any],
     sync: Callable[[], None],
     sweep: Callable[[], None],
     rounds: int = 20,
     clock: Callable[[], float] = time.perf_counter,
+    after: Callable[[str], None] | None = None,
 ) -> tuple[list[float], list[float]]:
     """Host times of ``launch()`` hot (right after another launch) and cold (right after
     ``sweep()``, which evicts the CPU caches as the host work of a training step does), each
-    with the device idle first (``sync()``): ``(hot, cold)``, ``rounds`` of each.
+    with the device idle first (``sync()``): ``(hot, cold)``, ``rounds`` of each. ``after``
+    is called with ``"hot"`` or ``"cold"`` after each timed launch, outside the timed window.
 
     Tells apart two explanations of a tracker record that costs the training thread more inside
     the loop than back to back: the host's cold caches (then cold is close to the in-loop time)
@@ -842,18 +883,27 @@ def _hot_and_cold_launches(
         t = clock()
         launch()
         hot.append(clock() - t)
+        if after is not None:
+            after("hot")
         sync()
         sweep()
         t = clock()
         launch()
         cold.append(clock() - t)
+        if after is not None:
+            after("cold")
     return hot, cold
 
 
 @contextmanager
-def _timed_plan_launches(sink: Callable[[], list[float]], enabled: bool = True) -> Iterator[None]:
+def _timed_plan_launches(
+    sink: Callable[[], list[float]],
+    enabled: bool = True,
+    phases: Callable[[], list[dict[str, float]]] | None = None,
+) -> Iterator[None]:
     """While it lasts (and ``enabled``), every ``Plan.launch`` appends its host time to the list
-    that ``sink()`` returns at that call (CUDA plans only)."""
+    that ``sink()`` returns at that call (CUDA plans only), and with ``phases`` the launch's
+    phases in the C++ layer (``_cuda.last_launch_phases()``) to the list ``phases()`` returns."""
     if not enabled:
         yield
         return
@@ -867,6 +917,9 @@ def _timed_plan_launches(sink: Callable[[], list[float]], enabled: bool = True) 
             return plan_launch(plan)
         finally:
             sink().append(time.perf_counter() - t)
+            row = _cuda.last_launch_phases() if phases is not None else None
+            if row is not None:
+                phases().append(row)  # type: ignore[misc]
 
     _cuda.Plan.launch = timed_launch  # type: ignore[method-assign]
     try:
@@ -983,16 +1036,30 @@ def bench_tracker(
         )
         out["tracker_kernels_5_records"] = kernel_profile(tracker.record, 5, "record", log)
         sweep_buf = np.ones(64 << 20, np.float32)  # 256 MiB: more than a host CPU's caches
+        hot_cold_phases: dict[str, list[dict[str, float]]] = {"hot": [], "cold": []}
+
+        def keep_phases(kind: str) -> None:
+            row = _cuda.last_launch_phases()
+            if row is not None:
+                hot_cold_phases[kind].append(row)
+
         hot, cold = _hot_and_cold_launches(
-            tracker._plans[True].launch, torch.cuda.synchronize, lambda: float(sweep_buf.sum())
+            tracker._plans[True].launch,
+            torch.cuda.synchronize,
+            lambda: float(sweep_buf.sum()),
+            after=keep_phases,
         )
         del sweep_buf
         out["plan_launch_hot_host_median_s"] = statistics.median(hot)
         out["plan_launch_cold_host_median_s"] = statistics.median(cold)
+        for kind, rows in hot_cold_phases.items():
+            out[f"plan_launch_{kind}_phases_median_s"] = _phase_medians(rows)
         log(
             f"  Plan.launch host time, device idle: {1e3 * statistics.median(hot):.3f} ms back to "
             f"back, {1e3 * statistics.median(cold):.3f} ms after a 256 MiB sweep of host memory "
-            "(cold CPU caches; medians of 20)"
+            "(cold CPU caches; medians of 20); phases in the C++ layer (median us): back to back "
+            f"{_phase_text(out['plan_launch_hot_phases_median_s'])}; cold "
+            f"{_phase_text(out['plan_launch_cold_phases_median_s'])}"
         )
     t0 = time.perf_counter()
     out["tracker_final_flush_records"] = len(tracker._pending)
@@ -1032,7 +1099,13 @@ def bench_tracker(
     # CUDA driver's launch calls), and whether the GPU was still busy with the training step when
     # the tracker was called (a launch then waits for room in a full launch queue, if any).
     launch_host: list[float] = []
+    launch_phases: list[dict[str, float]] = []
     gpu_busy: list[bool] = []
+    # ... and whether the tracker's background thread was converting a batch when the call began
+    # (it competes for the GIL, which Plan.launch releases during its driver calls), and whether
+    # a garbage collection ran inside the call
+    bg_busy: list[bool] = []
+    had_gc: list[bool] = []
 
     def block(tr: WeightTracker | None) -> float:
         step()
@@ -1044,9 +1117,12 @@ def bench_tracker(
             if tr is not None:
                 if device == "cuda":
                     gpu_busy.append(not torch.cuda.current_stream().query())
+                bg_busy.append(any(not future.done() for future, _ in tr._jobs))
+                collections = gcs[0]
                 t1 = time.perf_counter()
                 tr.step()
                 step_host.append(time.perf_counter() - t1)
+                had_gc.append(gcs[0] != collections)
         if tr is not None:
             t1 = time.perf_counter()
             tr._drain()
@@ -1056,7 +1132,10 @@ def bench_tracker(
         assert tracked.num_records == before + (k if tr is not None else 0)
         return seconds
 
-    with _timed_plan_launches(lambda: launch_host, device == "cuda"):
+    with (
+        _timed_plan_launches(lambda: launch_host, device == "cuda", lambda: launch_phases),
+        _gc_counter() as gcs,
+    ):
         times = [block(tracked if i % 2 else None) for i in range(2 * pairs + 1)]
     plain_s, tracked_s = times[0::2], times[1::2]
     fracs = _against_neighbours(plain_s, tracked_s)
@@ -1075,11 +1154,14 @@ def bench_tracker(
             min(len(step_host) - 1, int(0.99 * len(step_host)))
         ],
         tracker_drain_host_mean_s=statistics.fmean(drain_host),
+        tracker_step_bg_busy=_split_medians(step_host, bg_busy),
+        tracker_step_gc=_split_medians(step_host, had_gc),
     )
     if launch_host:
         out["tracker_launch_host_median_s"] = statistics.median(launch_host)
         out["tracker_launch_host_mean_s"] = statistics.fmean(launch_host)
         out["tracker_gpu_busy_fraction"] = sum(gpu_busy) / len(gpu_busy)
+        out["tracker_launch_phases_median_s"] = _phase_medians(launch_phases)
     tracked._drain()
     converted = sum(r for _, r in bg_cpu)
     out["tracker_background_cpu_per_record_s"] = (
@@ -1120,7 +1202,21 @@ def bench_tracker(
             f"  of which Plan.launch: median {1e3 * out['tracker_launch_host_median_s']:.3f} ms, "
             f"mean {1e3 * out['tracker_launch_host_mean_s']:.3f} ms; the GPU was still busy with "
             f"the training step at {100 * out['tracker_gpu_busy_fraction']:.0f} % of the "
-            "tracker.step() calls"
+            "tracker.step() calls; Plan.launch's phases in the C++ layer (median us): "
+            f"{_phase_text(out['tracker_launch_phases_median_s'])}"
+        )
+    for key, what in (
+        ("tracker_step_bg_busy", "the background thread was converting a batch"),
+        ("tracker_step_gc", "a garbage collection ran"),
+    ):
+        split = out[key]
+        yes, no = split["median_when_true_s"], split["median_when_false_s"]
+        log(
+            f"  tracker.step() calls where {what}: {100 * split['fraction']:.0f} %; median "
+            + (f"{1e3 * yes:.3f} ms" if yes is not None else "-")
+            + " against "
+            + (f"{1e3 * no:.3f} ms" if no is not None else "-")
+            + " in the others"
         )
     bg = out["tracker_background_cpu_per_record_s"]
     log(
@@ -1163,6 +1259,7 @@ def bench_plan_tables(
         trackers[device_table] = tr
     step_host: dict[bool, list[float]] = {False: [], True: []}
     launch_host: dict[bool, list[float]] = {False: [], True: []}
+    launch_phases: dict[bool, list[dict[str, float]]] = {False: [], True: []}
     current: list[bool] = [False]
 
     def block(device_table: bool) -> float:
@@ -1180,7 +1277,9 @@ def bench_plan_tables(
         torch.cuda.synchronize()
         return (time.perf_counter() - t0) / k
 
-    with _timed_plan_launches(lambda: launch_host[current[0]]):
+    with _timed_plan_launches(
+        lambda: launch_host[current[0]], phases=lambda: launch_phases[current[0]]
+    ):
         times = [block(bool(i % 2)) for i in range(2 * pairs + 1)]
     fracs = _against_neighbours(times[0::2], times[1::2])
     out = {
@@ -1195,6 +1294,9 @@ def bench_plan_tables(
         out[f"plan_tables_{name}_launch_host_median_s"] = statistics.median(
             launch_host[device_table]
         )
+        out[f"plan_tables_{name}_launch_phases_median_s"] = _phase_medians(
+            launch_phases[device_table]
+        )
     log(
         f"  plan tables in device memory vs as kernel parameters ({pairs} blocks of {k} tracked "
         f"steps each): step time {100 * out['plan_tables_ab_fraction']:+.2f} % (median); "
@@ -1204,7 +1306,9 @@ def bench_plan_tables(
         f"{1e3 * out['plan_tables_param_step_host_median_s']:.3f}/"
         f"{1e3 * out['plan_tables_param_step_host_mean_s']:.3f} ms; Plan.launch median "
         f"{1e3 * out['plan_tables_device_launch_host_median_s']:.3f} ms against "
-        f"{1e3 * out['plan_tables_param_launch_host_median_s']:.3f} ms"
+        f"{1e3 * out['plan_tables_param_launch_host_median_s']:.3f} ms; its phases (median us): "
+        f"device {_phase_text(out['plan_tables_device_launch_phases_median_s'])}; parameters "
+        f"{_phase_text(out['plan_tables_param_launch_phases_median_s'])}"
     )
     return out
 
@@ -1388,6 +1492,28 @@ def main(argv: list[str] | None = None) -> int:
                 f"{1e3 * many['tracker_launch_host_mean_s']:.3f} ms; the GPU was still busy with "
                 f"the training step at {100 * many['tracker_gpu_busy_fraction']:.0f} % of the calls"
             )
+        if many.get("tracker_launch_phases_median_s"):
+            md += (
+                "\n- `Plan.launch`'s phases in the C++ layer, median µs: in the loop "
+                f"{_phase_text(many['tracker_launch_phases_median_s'])}; back to back "
+                f"{_phase_text(many.get('plan_launch_hot_phases_median_s', {}))}; after a sweep "
+                f"of host memory {_phase_text(many.get('plan_launch_cold_phases_median_s', {}))}"
+            )
+        for key, what in (
+            ("tracker_step_bg_busy", "the background thread was converting a batch"),
+            ("tracker_step_gc", "a garbage collection ran"),
+        ):
+            split = many.get(key)
+            if split and split["fraction"] is not None:
+                yes, no = split["median_when_true_s"], split["median_when_false_s"]
+                md += (
+                    f"\n- `tracker.step()` calls where {what}: {100 * split['fraction']:.0f} %, "
+                    "median "
+                    + (f"{1e3 * yes:.3f} ms" if yes is not None else "-")
+                    + " against "
+                    + (f"{1e3 * no:.3f} ms" if no is not None else "-")
+                    + " in the others"
+                )
         if "plan_tables_ab_fraction" in many:
             md += (
                 "\n- the plan's launch tables in device memory instead of kernel parameters "

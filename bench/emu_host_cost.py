@@ -9,6 +9,8 @@ to ``--values`` values so that the emulated kernels run quickly):
 * ``launch``: host time per ``CudaPlan.launch`` (the emulator queues the kernels and runs them
   when the host waits, so this is the bindings' and launchers' work plus the emulator's cheap
   stand-ins for the CUDA calls; the driver's own cost is not in it);
+* ``launch_phases_median_us``: that time by phase in the C++ layer (``CUDA_LAUNCH_PHASES``:
+  the allocator, the runtime calls of the pass, the total and the event, the GIL);
 * ``calls_per_launch``: what one launch (with its total) asks of the CUDA runtime and of the
   Python allocator on the calling thread, by name (the emulator's ``PWS_EMU_TRACE`` lines): on a
   GPU each of these is a driver or caching-allocator call, which a count shows without a GPU;
@@ -83,7 +85,7 @@ def calls_of_one_launch():  # the runtime calls (PWS_EMU_TRACE) and allocations 
 batch, rounds = cfg["batch"], cfg["rounds"]
 mod.fetch_many([plan.launch(0, alloc, True) for _ in range(batch)])  # warm-up
 calls = calls_of_one_launch()
-launch_s, fetch_s, held_s, control_s, nnz = [], [], [], [], 0
+launch_s, fetch_s, held_s, control_s, phases, nnz = [], [], [], [], [], 0
 
 def ticker_gaps(fn):  # run fn while a second thread ticks: the gaps over the threshold, summed
     gaps, stop = [], [False]
@@ -112,6 +114,7 @@ for _ in range(rounds):
         t0 = time.perf_counter()
         results.append(plan.launch(0, alloc, True))
         launch_s.append(time.perf_counter() - t0)
+        phases.append(mod.cuda_last_launch_ns())
     for r in results:  # run the queued kernels first: only the copies and conversion are timed
         mod.fetch_many([r])
     out, elapsed, held = ticker_gaps(lambda: mod.fetch_many(results))
@@ -130,6 +133,10 @@ print(json.dumps({
     "control_gaps_median_ms": 1e3 * statistics.median(control_s),
     "nonempty_buckets_per_batch": nnz,
     "calls_per_launch": calls,
+    "launch_phases_median_us": {
+        name: statistics.median(p[i] for p in phases) / 1e3
+        for i, name in enumerate(mod.CUDA_LAUNCH_PHASES)
+    },
 }))
 """
 
@@ -186,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"one CudaPlan.launch (with its total) on the training thread: {sum(calls.values())} "
         "calls: " + ", ".join(f"{v} x {k}" for k, v in sorted(calls.items()))
+    )
+    print(
+        "its phases in the C++ layer (median us): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in res["launch_phases_median_us"].items())
     )
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2))

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import sys
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +31,7 @@ from stats_checks import assert_same_counts, assert_summary_matches
 
 import pyweightstat as pws
 from pyweightstat import _C
+from pyweightstat.stats import _cuda
 from pyweightstat.stats.reference import ref_moments
 from pyweightstat.stats.summary import FIELDS, fields_from_states
 
@@ -424,3 +428,72 @@ def test_plan_results_reuse_the_events_of_dropped_ones(tmp_path: Path) -> None:
     _check_fetch_many(_C.fetch_many(held[::23]), [[*summaries, total]] * len(held[::23]))
     _, calls = _traced(lambda: held.clear(), tmp_path / "t")  # (and 70 cudaFreeAsync)
     assert calls["cudaEventDestroy"] == 6, dict(calls)  # the pool was full again
+
+
+def test_launch_phases_account_for_a_plan_launch() -> None:
+    # The host clock of each phase of a launch (bench_stats reads them inside a training loop):
+    # per thread, in order, adding up to no more than the call, and each phase where its time
+    # goes: a slow allocator in "allocate", the driver's calls in "pass", "total" and "event"
+    # (PWS_EMU_CALL_US: each runtime call takes that long), and another Python thread that took
+    # the GIL meanwhile in "acquire_gil".
+    xs = [_data(n, torch.float32, seed=80 + i) for i, n in enumerate((20_011, 300))]
+    plan = _plan(xs, 2, 3)
+    seen: list[object] = []
+    thread = threading.Thread(target=lambda: seen.append(_cuda.last_launch_phases()))
+    thread.start()
+    thread.join()
+    assert seen == [None]  # nothing launched on that thread yet
+    assert tuple(_C.CUDA_LAUNCH_PHASES) == (
+        "result", "allocate", "release_gil", "pass", "total", "event", "acquire_gil", "finish"
+    )  # fmt: skip
+    kept: list[torch.Tensor] = []
+
+    def slow_alloc(nbytes: int) -> torch.Tensor:
+        time.sleep(0.02)
+        kept.append(torch.empty(nbytes, dtype=torch.uint8))
+        return kept[-1]
+
+    t0 = time.perf_counter()
+    results = [plan.launch(0, slow_alloc, True)]
+    wall = time.perf_counter() - t0
+    phases = _cuda.last_launch_phases()
+    assert phases is not None and list(phases) == list(_C.CUDA_LAUNCH_PHASES)
+    assert min(phases.values()) >= 0 and sum(phases.values()) <= wall
+    assert phases["allocate"] >= 0.02 > sum(v for k, v in phases.items() if k != "allocate")
+
+    call = 300e-6  # per runtime call or launch
+    os.environ["PWS_EMU_CALL_US"] = "300"
+    try:
+        results.append(plan.launch(0, None, True))
+        phases = _cuda.last_launch_phases()
+        assert phases is not None
+        # the pass: a memset and two launches; the total: one launch; the event: the capture
+        # check and the record
+        assert phases["pass"] >= 3 * call and phases["total"] >= call, phases
+        assert phases["event"] >= 2 * call and phases["acquire_gil"] < call, phases
+
+        stop = threading.Event()
+
+        def spin() -> None:  # pure Python: gives the GIL up only when asked (switch interval)
+            while not stop.is_set():
+                pass
+
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(0.01)
+        spinner = threading.Thread(target=spin)
+        spinner.start()
+        try:
+            time.sleep(0.05)
+            waits = []
+            for _ in range(5):
+                results.append(plan.launch(0, None, True))  # the spinner takes the GIL
+                waits.append(_cuda.last_launch_phases()["acquire_gil"])
+        finally:
+            stop.set()
+            spinner.join()
+            sys.setswitchinterval(interval)
+    finally:
+        del os.environ["PWS_EMU_CALL_US"]
+    assert sorted(waits)[2] >= 0.002, waits  # about the switch interval each
+    summaries, total = pws.describe_many([FakeCuda(x) for x in xs], total=True, mantissa_bits=3)
+    _check_fetch_many(_C.fetch_many(results), [[*summaries, total]] * len(results))

@@ -135,6 +135,44 @@ def test_timed_plan_launches_restores_the_method(monkeypatch: pytest.MonkeyPatch
     assert [len(lists["a"]), len(lists["b"])] == [1, 2] and min(lists["a"] + lists["b"]) >= 0
     with b._timed_plan_launches(lambda: lists["a"], enabled=False):
         assert _cuda.Plan.launch is original
+    # with a phases sink: the C++ layer's phases of each launch, where it has any
+    rows: list[dict[str, float]] = []
+    phases = iter([{"pass": 1.0}, None, {"pass": 3.0}])
+    monkeypatch.setattr(_cuda, "last_launch_phases", lambda: next(phases))
+    with b._timed_plan_launches(lambda: lists["a"], phases=lambda: rows):
+        for _ in range(3):
+            _cuda.Plan.launch(object())
+    assert rows == [{"pass": 1.0}, {"pass": 3.0}] and len(lists["a"]) == 4
+
+
+def test_phase_medians_and_split_medians() -> None:
+    b = _load("bench_stats")
+    rows = [
+        {"pass": 3e-6, "event": 1e-7},
+        {"pass": 1e-6, "event": 3e-7},
+        {"pass": 2e-6, "event": 2e-7},
+    ]
+    assert b._phase_medians(rows) == {"pass": 2e-6, "event": 2e-7}
+    assert b._phase_medians([]) == {}
+    assert b._phase_text({"pass": 2e-6, "event": 2e-7}) == "pass 2.0"  # under 0.5 us: left out
+    assert b._phase_text({}) == "-"
+    split = b._split_medians([1.0, 5.0, 2.0, 7.0], [False, True, False, True])
+    assert split == {"fraction": 0.5, "median_when_true_s": 6.0, "median_when_false_s": 1.5}
+    none = b._split_medians([1.0], [False])
+    assert none == {"fraction": 0.0, "median_when_true_s": None, "median_when_false_s": 1.0}
+
+
+def test_gc_counter_counts_collections_while_it_lasts() -> None:
+    import gc
+
+    b = _load("bench_stats")
+    callbacks = list(gc.callbacks)
+    with b._gc_counter() as count:
+        gc.collect()
+        gc.collect(0)
+        seen = count[0]
+    gc.collect()
+    assert seen == 2 and count[0] == 2 and gc.callbacks == callbacks
 
 
 def test_hot_and_cold_launches_time_the_right_calls() -> None:
@@ -155,6 +193,47 @@ def test_hot_and_cold_launches_time_the_right_calls() -> None:
     def sweep() -> None:
         state["cold"] = True
 
-    hot, cold = b._hot_and_cold_launches(launch, sync, sweep, rounds=4, clock=lambda: now[0])
+    after: list[tuple[str, int, float]] = []  # outside the timed window: the clock still reads
+    hot, cold = b._hot_and_cold_launches(
+        launch,
+        sync,
+        sweep,
+        rounds=4,
+        clock=lambda: now[0],
+        after=lambda kind: after.append((kind, state["launches"], now[0])),
+    )
     assert hot == [1.0] * 4 and cold == [5.0] * 4
     assert state["launches"] == 12 and state["syncs"] == 8
+    # after the second launch of each round (hot), then after the third (cold)
+    want = [(kind, 3 * r + n) for r in range(4) for kind, n in (("hot", 2), ("cold", 3))]
+    assert [(kind, n) for kind, n, _ in after] == want
+
+
+def test_bench_tracker_runs_on_cpu() -> None:
+    # bench_stats' tracker measurements on a small CPU model (the GPU run adds its CUDA parts):
+    # every key the summary reads is there, and the in-loop splits cover every tracked step
+    import torch
+
+    b = _load("bench_stats")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 8), torch.randint(0, 2, (32,))
+
+    def step() -> None:
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    lines: list[str] = []
+    out = b.bench_tracker(model, step, 1e-3, "cpu", lines.append)
+    for key in ("tracker_host_s", "tracker_ab_fraction", "tracker_step_host_median_s"):
+        assert out[key] == out[key]  # a number, not NaN
+    steps = out["tracker_ab_steps"] * out["tracker_ab_rounds"]
+    for key in ("tracker_step_bg_busy", "tracker_step_gc"):
+        split = out[key]
+        assert 0.0 <= split["fraction"] <= 1.0
+        assert split["median_when_false_s"] is not None or split["fraction"] == 1.0
+    assert out["tracker_step_bg_busy"]["fraction"] == 0.0  # CPU records are converted in place
+    assert len(out["tracker_ab_fractions"]) == out["tracker_ab_rounds"] and steps > 0
+    assert any("garbage collection ran" in line for line in lines)

@@ -445,6 +445,24 @@ def test_plan_launches_on_the_current_stream() -> None:
     assert f[0, 0, 0] == 3.0 and f[0, 0, 4] == 3.0 and f[0, 0, 5] == 3.0  # mean, min, max
 
 
+def test_plan_launch_phases_add_up_to_at_most_the_call() -> None:
+    # bench_stats' in-loop diagnostic: the C++ layer's clock of each phase of a launch on a GPU
+    from pyweightstat.stats import _cuda
+
+    x = torch.randn(1_000_000, device=DEV)
+    plan = _cuda.Plan([x, x[:1000]], 3)
+    _cuda.fetch_many([plan.launch()])  # warm-up
+    for _ in range(3):
+        t0 = time.perf_counter()
+        res = plan.launch()
+        wall = time.perf_counter() - t0
+        phases = _cuda.last_launch_phases()
+        assert phases is not None and len(phases) == 8 and min(phases.values()) >= 0
+        assert 0 < sum(phases.values()) <= wall and phases["pass"] > 0
+    n = _cuda.fetch_many([res])[1]
+    assert n[0, 0, 0] == 1_000_000 and n[0, 2, 0] == 1_001_000
+
+
 def test_enqueue_does_not_block_the_host() -> None:
     xs = _param_list()[:60]
     assert pws.describe_many(xs, mantissa_bits=3, total=True)[1].count > 0  # warm-up

@@ -921,6 +921,9 @@ def test_host_cost_bench_runs_on_the_emulator(emu_module: Path, tmp_path: Path) 
     res = json.loads(out.read_text())
     assert (res["tensors"], res["batch"]) == (6, 2)
     assert res["launch_median_us"] > 0 and res["fetch_many_median_ms"] > 0
+    phases = res["launch_phases_median_us"]  # the launch by phase (the kernels are queued work)
+    assert list(phases)[:4] == ["result", "allocate", "release_gil", "pass"] and len(phases) == 8
+    assert min(phases.values()) >= 0 and phases["allocate"] > 0 and phases["pass"] > 0
     sys.path.insert(0, str(ROOT / "bench"))
     from bench_stats import vit_b16_shapes
 

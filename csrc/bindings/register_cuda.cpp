@@ -10,6 +10,8 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <array>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -561,31 +563,79 @@ bool scratch_in_result(const cu::Layout& layout) {
   return layout.scratch_bytes * 8 <= layout.result_bytes;
 }
 
+// Where the calling thread's time goes in one launch (enqueue): host-clock stamps at the
+// boundaries of its phases, kept per thread (cuda_last_launch_ns reads the calling thread's
+// last launch). A diagnostic for bench_stats, which reads it after each tracker record inside a
+// training loop: a stamp costs a clock read (tens of ns), so it is always on.
+constexpr std::array<const char*, 8> kLaunchPhases = {
+    "result",       // the result object and the device guard
+    "allocate",     // the allocator (a Python call: torch's caching allocator) and the scratch
+    "release_gil",  // releasing the GIL
+    "pass",         // the pass's memset and kernel launches (driver calls)
+    "total",        // the total's launch
+    "event",        // the capture check and the event record
+    "acquire_gil",  // taking the GIL back (waits while another thread holds it)
+    "finish",       // the rest, up to the return of the result
+};
+struct LaunchStamps {
+  std::array<int64_t, kLaunchPhases.size() + 1> t{};
+  bool any = false;
+  void stamp(size_t i) {
+    t[i] = std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+               .count();
+  }
+};
+thread_local LaunchStamps last_launch;
+
+// The phases of the calling thread's last launch in ns (kLaunchPhases order), or None.
+py::object last_launch_ns() {
+  if (!last_launch.any) return py::none();
+  py::tuple out(kLaunchPhases.size());
+  for (size_t i = 0; i < kLaunchPhases.size(); ++i) {
+    out[i] = py::int_(last_launch.t[i + 1] - last_launch.t[i]);
+  }
+  return std::move(out);
+}
+
 // Allocate the result's buffer and enqueue the fused pass on `stream`, and with `total` the
 // merged total too (CudaPlan::launch: one release of the GIL and one event for all of it).
 std::unique_ptr<CudaResult> enqueue(const cu::LaunchTables& tables, const cu::Request& req,
                                     const cu::Layout& layout, int device, void* s,
                                     const py::object& allocator, const double* host_edges,
                                     bool total = false, bool total_hist = false) {
+  LaunchStamps& clock = last_launch;
+  clock.any = false;
+  clock.stamp(0);
   auto res = std::make_unique<CudaResult>(device, s, req, layout);
   DeviceBuffer scratch;
   cu::DeviceGuard guard(device);
   const bool inside = scratch_in_result(layout);
   const size_t scratch_at = (layout.result_bytes + 255) / 256 * 256;
+  clock.stamp(1);
   res->buffer().allocate(inside ? scratch_at + layout.scratch_bytes : layout.result_bytes,
                          allocator, device, s);
   char* base = static_cast<char*>(res->buffer().get());
   if (!inside) scratch.allocate(layout.scratch_bytes, allocator, device, s);
   void* scratch_ptr = inside ? static_cast<void*>(base + scratch_at) : scratch.get();
+  clock.stamp(2);
   {
     py::gil_scoped_release release;
+    clock.stamp(3);
     cu::launch_describe(tables, req, layout, base, scratch_ptr, s, host_edges);
+    clock.stamp(4);
     if (total) res->enqueue_total(total_hist, true);
+    clock.stamp(5);
     res->mark_enqueued();
+    clock.stamp(6);
   }
+  clock.stamp(7);
   if (total) res->total_done(total_hist);
   // a scratch of its own is released here: stream-ordered (cudaFreeAsync, or the caching
   // allocator's reuse on the same stream), after the launches that use it
+  scratch.release();
+  clock.stamp(8);
+  clock.any = true;
   return res;
 }
 
@@ -863,6 +913,12 @@ void register_cuda(py::module_& m) {
         "Values per work item (one block of the fused kernel) for a CUDA tensor of `numel` values "
         "under this process's work split (PWS_CUDA_CHUNK / PWS_CUDA_BLOCKS, read once), in a "
         "request without (default) or with a uniform histogram. Host only.");
+  m.def("cuda_last_launch_ns", &last_launch_ns,
+        "Host time in ns of each phase of the calling thread's last CUDA launch (a CudaPlan "
+        "launch or describe_cuda), in CUDA_LAUNCH_PHASES order, or None (private diagnostic).");
+  py::tuple phases(kLaunchPhases.size());
+  for (size_t i = 0; i < kLaunchPhases.size(); ++i) phases[i] = py::str(kLaunchPhases[i]);
+  m.attr("CUDA_LAUNCH_PHASES") = phases;
   m.attr("CUDA_CHUNK") = cu::kChunk;
   m.def("cuda_plan_device_tables", &cu::plan_device_tables,
         "The plans' default for device_table (PWS_CUDA_PLAN_TABLE, read once; private).");

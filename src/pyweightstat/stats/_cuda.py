@@ -423,3 +423,27 @@ def fetch_many(results: list[Any]) -> tuple[np.ndarray, ...]:
         (underflow, overflow, NaN counts).
     """
     return tuple(_core().fetch_many(list(results)))
+
+
+def last_launch_phases() -> dict[str, float] | None:
+    """Host seconds of each phase of the calling thread's last CUDA launch (a diagnostic).
+
+    The phases of one :meth:`Plan.launch` or :func:`run` in the C++ layer, in order: ``result``
+    (the result object, the device guard), ``allocate`` (the allocator: torch's caching allocator
+    through a Python call), ``release_gil``, ``pass`` (the pass's memset and kernel launches),
+    ``total`` (the total's launch), ``event`` (the capture check, the event record),
+    ``acquire_gil`` (taking the GIL back: it waits while another Python thread holds it) and
+    ``finish``. Python's part of the call (the wrapper, the stream handle) is not in them.
+    ``bench/bench_stats.py`` reads them after each tracker record inside a training loop.
+
+    Returns
+    -------
+    dict or None
+        Phase name to seconds; ``None`` where this thread launched nothing yet (or the build
+        has no CUDA).
+    """
+    core = _core()
+    ns = core.cuda_last_launch_ns() if hasattr(core, "cuda_last_launch_ns") else None
+    if ns is None:
+        return None
+    return {name: t / 1e9 for name, t in zip(core.CUDA_LAUNCH_PHASES, ns, strict=True)}

@@ -36,7 +36,9 @@
 // the runtime API that a GPU's driver would see ("call cudaMemsetAsync"; cudaGetDevice and
 // cudaGetLastError, reads of the runtime's thread-local state, and the attribute queries are not
 // listed), for tests and benchmarks that count the host's CUDA
-// calls on a hot path.
+// calls on a hot path. PWS_EMU_CALL_US=N makes each of those calls and launches take N
+// microseconds more (a sleep), standing in for a driver's cost: tests of what the calling
+// thread's clock or another thread does meanwhile.
 //
 // What it cannot show: timing, memory-model effects between blocks running at once, static
 // __shared__ arrays left uninitialised (they keep the previous block's values), the GPU's own
@@ -47,6 +49,7 @@
 #include <sys/mman.h>
 #include <ucontext.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -61,6 +64,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -388,8 +392,15 @@ inline void run_block(Block& b, Schedule how) {
   }
 }
 
+// PWS_EMU_CALL_US: the stand-in for a driver's time in a runtime call or launch.
+inline void driver_delay() {
+  const size_t us = env_size("PWS_EMU_CALL_US", 0);
+  if (us > 0) std::this_thread::sleep_for(std::chrono::microseconds(us));
+}
+
 // One "call NAME" line in the PWS_EMU_TRACE file (if set): a runtime call a GPU would make.
 inline void trace_call(const char* name) {
+  driver_delay();
   const char* path = std::getenv("PWS_EMU_TRACE");
   if (path == nullptr || *path == '\0') return;
   FILE* f = std::fopen(path, "a");
@@ -399,6 +410,7 @@ inline void trace_call(const char* name) {
 }
 
 inline void trace_launch(dim3 grid, dim3 block, size_t smem, size_t allowed) {
+  driver_delay();
   const char* path = std::getenv("PWS_EMU_TRACE");
   if (path == nullptr || *path == '\0') return;
   FILE* f = std::fopen(path, "a");
