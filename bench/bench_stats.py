@@ -900,16 +900,26 @@ def _timed_plan_launches(
     sink: Callable[[], list[float]],
     enabled: bool = True,
     phases: Callable[[], list[dict[str, float]]] | None = None,
+    matches: list[float] | None = None,
 ) -> Iterator[None]:
     """While it lasts (and ``enabled``), every ``Plan.launch`` appends its host time to the list
-    that ``sink()`` returns at that call (CUDA plans only), and with ``phases`` the launch's
-    phases in the C++ layer (``_cuda.last_launch_phases()``) to the list ``phases()`` returns."""
+    that ``sink()`` returns at that call (CUDA plans only), with ``phases`` the launch's phases
+    in the C++ layer (``_cuda.last_launch_phases()``) to the list ``phases()`` returns, and with
+    ``matches`` every ``Plan.matches`` (the tracker's check that the storage did not move) its
+    host time to that list."""
     if not enabled:
         yield
         return
     from pyweightstat.stats import _cuda
 
-    plan_launch = _cuda.Plan.launch
+    plan_launch, plan_matches = _cuda.Plan.launch, _cuda.Plan.matches
+
+    def timed_matches(plan: Any, tensors: list[Any]) -> bool:
+        t = time.perf_counter()
+        try:
+            return plan_matches(plan, tensors)
+        finally:
+            matches.append(time.perf_counter() - t)  # type: ignore[union-attr]
 
     def timed_launch(plan: Any) -> Any:
         t = time.perf_counter()
@@ -922,10 +932,13 @@ def _timed_plan_launches(
                 phases().append(row)  # type: ignore[misc]
 
     _cuda.Plan.launch = timed_launch  # type: ignore[method-assign]
+    if matches is not None:
+        _cuda.Plan.matches = timed_matches  # type: ignore[method-assign]
     try:
         yield
     finally:
         _cuda.Plan.launch = plan_launch  # type: ignore[method-assign]
+        _cuda.Plan.matches = plan_matches  # type: ignore[method-assign]
 
 
 def bench_tracker(
@@ -1100,6 +1113,7 @@ def bench_tracker(
     # the tracker was called (a launch then waits for room in a full launch queue, if any).
     launch_host: list[float] = []
     launch_phases: list[dict[str, float]] = []
+    matches_host: list[float] = []  # Plan.matches: the check that the storage did not move
     gpu_busy: list[bool] = []
     # ... and whether the tracker's background thread was converting a batch when the call began
     # (it competes for the GIL, which Plan.launch releases during its driver calls), and whether
@@ -1133,7 +1147,9 @@ def bench_tracker(
         return seconds
 
     with (
-        _timed_plan_launches(lambda: launch_host, device == "cuda", lambda: launch_phases),
+        _timed_plan_launches(
+            lambda: launch_host, device == "cuda", lambda: launch_phases, matches_host
+        ),
         _gc_counter() as gcs,
     ):
         times = [block(tracked if i % 2 else None) for i in range(2 * pairs + 1)]
@@ -1162,6 +1178,7 @@ def bench_tracker(
         out["tracker_launch_host_mean_s"] = statistics.fmean(launch_host)
         out["tracker_gpu_busy_fraction"] = sum(gpu_busy) / len(gpu_busy)
         out["tracker_launch_phases_median_s"] = _phase_medians(launch_phases)
+        out["tracker_matches_host_median_s"] = statistics.median(matches_host)
     tracked._drain()
     converted = sum(r for _, r in bg_cpu)
     out["tracker_background_cpu_per_record_s"] = (
@@ -1203,7 +1220,8 @@ def bench_tracker(
             f"mean {1e3 * out['tracker_launch_host_mean_s']:.3f} ms; the GPU was still busy with "
             f"the training step at {100 * out['tracker_gpu_busy_fraction']:.0f} % of the "
             "tracker.step() calls; Plan.launch's phases in the C++ layer (median us): "
-            f"{_phase_text(out['tracker_launch_phases_median_s'])}"
+            f"{_phase_text(out['tracker_launch_phases_median_s'])}; Plan.matches median "
+            f"{1e3 * out['tracker_matches_host_median_s']:.3f} ms"
         )
     for key, what in (
         ("tracker_step_bg_busy", "the background thread was converting a batch"),
@@ -1491,6 +1509,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"{1e3 * many['tracker_launch_host_median_s']:.3f} ms, mean "
                 f"{1e3 * many['tracker_launch_host_mean_s']:.3f} ms; the GPU was still busy with "
                 f"the training step at {100 * many['tracker_gpu_busy_fraction']:.0f} % of the calls"
+                + (
+                    f"; `Plan.matches` median {1e3 * many['tracker_matches_host_median_s']:.3f} ms"
+                    if "tracker_matches_host_median_s" in many
+                    else ""
+                )
             )
         if many.get("tracker_launch_phases_median_s"):
             md += (

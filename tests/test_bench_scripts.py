@@ -143,6 +143,13 @@ def test_timed_plan_launches_restores_the_method(monkeypatch: pytest.MonkeyPatch
         for _ in range(3):
             _cuda.Plan.launch(object())
     assert rows == [{"pass": 1.0}, {"pass": 3.0}] and len(lists["a"]) == 4
+    # with a matches list: Plan.matches is timed too, and put back
+    monkeypatch.setattr(_cuda.Plan, "matches", lambda self, tensors: tensors == [1])
+    original_matches = _cuda.Plan.matches
+    checks: list[float] = []
+    with b._timed_plan_launches(lambda: lists["a"], matches=checks):
+        assert _cuda.Plan.matches(object(), [1]) and not _cuda.Plan.matches(object(), [2])
+    assert _cuda.Plan.matches is original_matches and len(checks) == 2 and min(checks) >= 0
 
 
 def test_phase_medians_and_split_medians() -> None:
