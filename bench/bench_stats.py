@@ -843,6 +843,34 @@ def _split_medians(values: list[float], flags: list[bool]) -> dict[str, Any]:
     }
 
 
+# the in-loop tracker.step() splits of bench_tracker: (key, the condition in words)
+_STEP_SPLITS = (
+    ("tracker_step_bg_busy", "the background thread was converting a batch"),
+    ("tracker_step_gc", "a garbage collection ran"),
+)
+
+
+def _split_text(split: dict[str, Any], what: str) -> str:
+    """One line on a :func:`_split_medians` result whose flag means ``what``."""
+    yes, no = split["median_when_true_s"], split["median_when_false_s"]
+    return (
+        f"`tracker.step()` calls where {what}: {100 * split['fraction']:.0f} %, median "
+        + (f"{1e3 * yes:.3f} ms" if yes is not None else "-")
+        + " against "
+        + (f"{1e3 * no:.3f} ms" if no is not None else "-")
+        + " in the others"
+    )
+
+
+def _append_last_phases(rows: list[dict[str, float]]) -> None:
+    """Append the calling thread's last launch phases to ``rows`` (if it launched any)."""
+    from pyweightstat.stats import _cuda
+
+    row = _cuda.last_launch_phases()
+    if row is not None:
+        rows.append(row)
+
+
 @contextmanager
 def _gc_counter() -> Iterator[list[int]]:
     """While it lasts, ``counter[0]`` counts the garbage collections started (any generation)."""
@@ -877,21 +905,21 @@ def _hot_and_cold_launches(
     or the device's state (then cold stays near hot)."""
     hot: list[float] = []
     cold: list[float] = []
+
+    def timed(kind: str, times: list[float]) -> None:
+        t = clock()
+        launch()
+        times.append(clock() - t)
+        if after is not None:
+            after(kind)
+
     for _ in range(rounds):
         sync()
         launch()
-        t = clock()
-        launch()
-        hot.append(clock() - t)
-        if after is not None:
-            after("hot")
+        timed("hot", hot)
         sync()
         sweep()
-        t = clock()
-        launch()
-        cold.append(clock() - t)
-        if after is not None:
-            after("cold")
+        timed("cold", cold)
     return hot, cold
 
 
@@ -927,9 +955,8 @@ def _timed_plan_launches(
             return plan_launch(plan)
         finally:
             sink().append(time.perf_counter() - t)
-            row = _cuda.last_launch_phases() if phases is not None else None
-            if row is not None:
-                phases().append(row)  # type: ignore[misc]
+            if phases is not None:
+                _append_last_phases(phases())
 
     _cuda.Plan.launch = timed_launch  # type: ignore[method-assign]
     if matches is not None:
@@ -1050,17 +1077,11 @@ def bench_tracker(
         out["tracker_kernels_5_records"] = kernel_profile(tracker.record, 5, "record", log)
         sweep_buf = np.ones(64 << 20, np.float32)  # 256 MiB: more than a host CPU's caches
         hot_cold_phases: dict[str, list[dict[str, float]]] = {"hot": [], "cold": []}
-
-        def keep_phases(kind: str) -> None:
-            row = _cuda.last_launch_phases()
-            if row is not None:
-                hot_cold_phases[kind].append(row)
-
         hot, cold = _hot_and_cold_launches(
             tracker._plans[True].launch,
             torch.cuda.synchronize,
             lambda: float(sweep_buf.sum()),
-            after=keep_phases,
+            after=lambda kind: _append_last_phases(hot_cold_phases[kind]),
         )
         del sweep_buf
         out["plan_launch_hot_host_median_s"] = statistics.median(hot)
@@ -1223,19 +1244,8 @@ def bench_tracker(
             f"{_phase_text(out['tracker_launch_phases_median_s'])}; Plan.matches median "
             f"{1e3 * out['tracker_matches_host_median_s']:.3f} ms"
         )
-    for key, what in (
-        ("tracker_step_bg_busy", "the background thread was converting a batch"),
-        ("tracker_step_gc", "a garbage collection ran"),
-    ):
-        split = out[key]
-        yes, no = split["median_when_true_s"], split["median_when_false_s"]
-        log(
-            f"  tracker.step() calls where {what}: {100 * split['fraction']:.0f} %; median "
-            + (f"{1e3 * yes:.3f} ms" if yes is not None else "-")
-            + " against "
-            + (f"{1e3 * no:.3f} ms" if no is not None else "-")
-            + " in the others"
-        )
+    for key, what in _STEP_SPLITS:
+        log(f"  {_split_text(out[key], what)}")
     bg = out["tracker_background_cpu_per_record_s"]
     log(
         "  background conversion thread: "
@@ -1522,21 +1532,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"{_phase_text(many.get('plan_launch_hot_phases_median_s', {}))}; after a sweep "
                 f"of host memory {_phase_text(many.get('plan_launch_cold_phases_median_s', {}))}"
             )
-        for key, what in (
-            ("tracker_step_bg_busy", "the background thread was converting a batch"),
-            ("tracker_step_gc", "a garbage collection ran"),
-        ):
+        for key, what in _STEP_SPLITS:
             split = many.get(key)
             if split and split["fraction"] is not None:
-                yes, no = split["median_when_true_s"], split["median_when_false_s"]
-                md += (
-                    f"\n- `tracker.step()` calls where {what}: {100 * split['fraction']:.0f} %, "
-                    "median "
-                    + (f"{1e3 * yes:.3f} ms" if yes is not None else "-")
-                    + " against "
-                    + (f"{1e3 * no:.3f} ms" if no is not None else "-")
-                    + " in the others"
-                )
+                md += f"\n- {_split_text(split, what)}"
         if "plan_tables_ab_fraction" in many:
             md += (
                 "\n- the plan's launch tables in device memory instead of kernel parameters "
